@@ -1,0 +1,64 @@
+"""LRWarmup: linear warmup, then constant, cosine, linear or inverse-square-root decay."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+from artrainer.callbacks.base import Callback
+
+DECAYS = ("constant", "cosine", "linear", "inverse_sqrt")
+
+
+class LRWarmup(Callback):
+    """Scales every update by a warmup-then-decay factor, inside the compiled step.
+
+    The factor multiplies whatever the optimizer computes (``optax.scale_by_schedule``
+    chained after it), so it works with any optax transform and its step counter is
+    saved with the optimizer state. Update ``s`` (0-based) is scaled by
+    ``(s + 1) / warmup_steps`` during warmup (the first update is not wasted at zero),
+    then by the decay: ``constant`` 1; ``cosine`` / ``linear`` from 1 down to
+    ``min_ratio`` at ``decay_steps`` (default: the Trainer's ``max_steps``);
+    ``inverse_sqrt`` ``sqrt(warmup_steps / (s + 1))``, the Transformer schedule
+    normalised to peak at 1.
+    """
+
+    uses_module = False
+
+    def __init__(self, warmup_steps: int, *, decay: str = "constant", decay_steps: int | None = None,
+                 min_ratio: float = 0.0):
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be an int >= 1")
+        if decay not in DECAYS:
+            raise ValueError(f"decay={decay!r} is not supported; use one of {DECAYS}")
+        if decay_steps is not None and (not isinstance(decay_steps, int) or decay_steps <= warmup_steps):
+            raise ValueError(f"decay_steps={decay_steps!r} must be an int > warmup_steps={warmup_steps}")
+        if not 0.0 <= min_ratio <= 1.0:
+            raise ValueError(f"min_ratio={min_ratio!r} must lie in [0, 1]")
+        self.warmup_steps, self.decay, self.decay_steps, self.min_ratio = warmup_steps, decay, decay_steps, min_ratio
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(warmup_steps=self.warmup_steps, decay=self.decay)
+
+    def configure_optimizer(self, trainer, module, tx):
+        if self.decay in ("cosine", "linear") and self.decay_steps is None:
+            if trainer.max_steps is None or trainer.max_steps <= self.warmup_steps:
+                raise ValueError(f"LRWarmup(decay={self.decay!r}) needs decay_steps, or a Trainer "
+                                 f"max_steps > warmup_steps={self.warmup_steps}; got max_steps={trainer.max_steps}")
+            self.decay_steps = trainer.max_steps
+        return optax.chain(tx, optax.scale_by_schedule(self.lr_scale))
+
+    def lr_scale(self, step):
+        """The factor applied to update ``step`` (0-based); works on ints and traced arrays."""
+        step = jnp.asarray(step, jnp.float32)
+        warmup = (step + 1.0) / self.warmup_steps
+        if self.decay == "constant":
+            after = jnp.ones_like(step)
+        elif self.decay == "inverse_sqrt":
+            after = jnp.sqrt(self.warmup_steps / (step + 1.0))
+        else:
+            progress = jnp.clip((step + 1.0 - self.warmup_steps) / (self.decay_steps - self.warmup_steps), 0.0, 1.0)
+            shape = 0.5 * (1.0 + jnp.cos(jnp.pi * progress)) if self.decay == "cosine" else 1.0 - progress
+            after = self.min_ratio + (1.0 - self.min_ratio) * shape
+        return jnp.where(step + 1.0 < self.warmup_steps, warmup, after)

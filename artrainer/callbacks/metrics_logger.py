@@ -1,0 +1,40 @@
+"""MetricsLogger: send the Trainer's metrics to its logger."""
+
+from __future__ import annotations
+
+from artrainer.callbacks.base import Callback
+from artrainer.callbacks.lr_monitor import LearningRateMonitor
+
+
+class MetricsLogger(Callback):
+    """Log ``train/*``, ``grad_norm``, ``lr`` and ``throughput/*`` at every log step and
+    ``val/*`` after every validation, under the same names as ``callback_metrics``.
+
+    It never forces a host sync: it logs what the Trainer read at its log steps. The
+    Trainer adds one whenever it has a logger.
+    """
+
+    uses_module = False
+
+    def on_train_start(self, trainer, module):
+        # A LearningRateMonitor owns the 'lr' tag; logging it here too would duplicate points.
+        self._skip = {"lr"} if any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks) else set()
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(trainer.hparams(module))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.logger is not None and trainer.is_log_step:
+            trainer.logger.log_metrics(
+                {k: v for k, v in trainer.callback_metrics.items()
+                 if not k.startswith("val/") and k not in self._skip},
+                trainer.global_step)
+
+    def on_validation_end(self, trainer, module):
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(
+                {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+                trainer.global_step)
+
+    def on_train_end(self, trainer, module):
+        if trainer.logger is not None:
+            trainer.logger.flush()

@@ -1,0 +1,151 @@
+"""ModelCheckpoint: orbax checkpoints of the whole run, best-k plus last, async and atomic."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+from artrainer.callbacks.base import Callback
+from artrainer.checkpointing import CheckpointStore
+
+
+class ModelCheckpoint(Callback):
+    """Save model, optimizer, counters, data position and callback states with orbax.
+
+    When it saves: every ``every_n_steps`` training steps if given; else after each
+    validation if ``monitor`` is set; else at the end of each epoch; and, with
+    ``save_last``, at the end of training. What it keeps: the newest checkpoint
+    (``save_last``) and the ``save_top_k`` best by ``monitor`` (``mode='min'``: lower
+    is better); ``save_top_k=-1`` keeps all. Saves are asynchronous (``async_save``)
+    and atomic; a diverged state is refused, so the last good checkpoint survives.
+    Checkpoints land in ``dirpath`` (default ``<default_root_dir>/checkpoints``), one
+    directory per step; resume with ``trainer.fit(..., ckpt_path='last' | 'best')``.
+    """
+
+    is_monitor = True
+    uses_module = False
+
+    def __init__(self, dirpath: str | os.PathLike | None = None, *, every_n_steps: int | None = None,
+                 monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
+                 save_last: bool = True, async_save: bool = True):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be None or an int >= 1")
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(f"save_top_k={save_top_k!r} must be an int >= -1 (-1 keeps every checkpoint)")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ValueError(f"save_top_k={save_top_k} ranks checkpoints, which needs a monitor metric; "
+                             "set monitor= (e.g. 'val/loss') or use save_top_k in (-1, 0, 1)")
+        if save_top_k == 0 and not save_last:
+            raise ValueError("save_top_k=0 with save_last=False would never keep a checkpoint")
+        self.dirpath = None if dirpath is None else os.fspath(dirpath)
+        self.every_n_steps, self.monitor, self.mode = every_n_steps, monitor, mode
+        self.save_top_k, self.save_last, self.async_save = save_top_k, save_last, async_save
+        self.best_k_models: dict[int, float] = {}
+        self.last_saved_step: int | None = None
+        self._store: CheckpointStore | None = None
+        self._pending = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, every_n_steps=self.every_n_steps)
+
+    def dirpath_for(self, trainer) -> str:
+        return os.path.abspath(self.dirpath or trainer.default_checkpoint_dir())
+
+    @property
+    def best_step(self) -> int | None:
+        if not self.best_k_models:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(self.best_k_models, key=self.best_k_models.get)
+
+    @property
+    def best_model_score(self) -> float | None:
+        step = self.best_step
+        return None if step is None else self.best_k_models[step]
+
+    def state_dict(self):
+        return {"best_k_models": {str(k): v for k, v in self.best_k_models.items()},
+                "last_saved_step": self.last_saved_step}
+
+    def load_state_dict(self, state):
+        self.best_k_models = {int(k): float(v) for k, v in state["best_k_models"].items()}
+        self.last_saved_step = state["last_saved_step"]
+
+    # -- hooks ------------------------------------------------------------------
+    def setup(self, trainer, module, stage):
+        directory = self.dirpath_for(trainer)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"ModelCheckpoint cannot create its directory {directory}: {exc}") from exc
+        if not os.access(directory, os.W_OK):
+            raise PermissionError(f"ModelCheckpoint directory {directory} is not writable")
+        keep_all = self.save_top_k == -1
+        self._store = CheckpointStore(
+            directory, keep_last=self.save_last,
+            top_k=-1 if keep_all else (self.save_top_k if self.monitor else 0),
+            mode=self.mode, scored=self.monitor is not None, async_save=self.async_save)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            if self.monitor and trainer.validation_due:
+                self._pending = True  # save after this step's validation, with a fresh score
+            else:
+                self.save(trainer)
+
+    def on_validation_end(self, trainer, module):
+        if self.monitor and trainer.global_step > 0 and (self._pending or not self.every_n_steps):
+            self.save(trainer)
+        self._pending = False
+
+    def on_train_epoch_end(self, trainer, module):
+        if not self.monitor and not self.every_n_steps:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, module):
+        if self.save_last:
+            self.save(trainer)
+
+    def on_exception(self, trainer, module, exception):
+        self._close()
+
+    def teardown(self, trainer, module, stage):
+        self._close()
+
+    # -- saving -----------------------------------------------------------------
+    def save(self, trainer) -> None:
+        """Save the run at ``trainer.global_step`` (once per step)."""
+        step = trainer.global_step
+        if self._store is None or step in (self.last_saved_step, trainer.resumed_step):
+            return
+        arrays, meta = trainer.checkpoint()
+        if step in self._store.steps():
+            warnings.warn(f"ModelCheckpoint: replacing the checkpoint of step {step} in "
+                          f"{self._store.directory}, left by an earlier run that went further", stacklevel=2)
+            self._store.delete(step)
+            self.best_k_models.pop(step, None)
+        score = None
+        if self.monitor is not None:
+            score = trainer.callback_metrics.get(self.monitor)
+            if score is None:
+                warnings.warn(f"ModelCheckpoint(monitor={self.monitor!r}): metric not logged yet at "
+                              f"step {step}; saving without a score", stacklevel=2)
+            elif not math.isfinite(score):
+                score = None
+        self._store.save(step, arrays, meta, score)
+        self.last_saved_step = step
+        if score is not None:
+            self.best_k_models[step] = float(score)
+            if self.save_top_k > 0 and len(self.best_k_models) > self.save_top_k:
+                worst = (max if self.mode == "min" else min)(self.best_k_models, key=self.best_k_models.get)
+                del self.best_k_models[worst]
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.wait()
+            self._store.close()
+            self._store = None

@@ -1,0 +1,58 @@
+"""SampleGenerator: generate from the model every N steps and log the samples."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+from flax import nnx
+
+from artrainer.callbacks.base import Callback
+
+
+class SampleGenerator(Callback):
+    """Every ``every_n_steps`` steps, call ``module.generate(n_samples, **generate_kwargs)``
+    and hand the samples to :meth:`handle_samples` (default: ``module.log_samples``).
+
+    Samples come from the evaluation weights (``trainer.eval_module()``: an EMA callback
+    can provide them) and a key derived from the Trainer seed and the step, so they are
+    reproducible. Subclass and override ``handle_samples`` to do something else.
+    """
+
+    def __init__(self, every_n_steps: int = 500, n_samples: int = 4, *,
+                 generate_kwargs: Mapping[str, Any] | None = None, on_train_end: bool = True):
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be an int >= 1")
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples={n_samples!r} must be an int >= 1")
+        self.every_n_steps, self.n_samples = every_n_steps, n_samples
+        self.generate_kwargs = dict(generate_kwargs or {})
+        self.at_train_end = on_train_end
+        self.last_samples = None
+        self._last_step = None
+
+    def setup(self, trainer, module, stage):
+        if not callable(getattr(module, "generate", None)):
+            raise TypeError(f"SampleGenerator needs {type(module).__name__}.generate(n_samples, ..., rngs=)")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every_n_steps == 0:
+            self.sample(trainer)
+
+    def on_train_end(self, trainer, module):
+        if self.at_train_end:
+            self.sample(trainer)
+
+    def sample(self, trainer):
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        module = trainer.eval_module()
+        key = jax.random.fold_in(jax.random.key(trainer.seed), step)
+        samples = module.generate(self.n_samples, rngs=nnx.Rngs(sample=key, default=key), **self.generate_kwargs)
+        self.last_samples, self._last_step = samples, step
+        self.handle_samples(trainer, module, samples, step)
+
+    def handle_samples(self, trainer, module, samples, step: int) -> None:
+        if trainer.logger is not None:
+            module.log_samples(samples, trainer.logger, step)

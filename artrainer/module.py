@@ -1,0 +1,52 @@
+"""ARModule: the base class every model the Trainer runs derives from."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import optax
+from flax import nnx
+
+
+class ARModule(nnx.Module):
+    """An autoregressive model with Lightning-style hooks.
+
+    Subclasses implement ``__call__(x, *, rngs=None, training=False)`` returning a dict
+    with ``'logits'``, ``loss_fn(batch, outputs, *, rngs=None)`` and, to be sampled
+    from, ``generate(n_samples, ..., rngs=...)``; the defaults below turn those into
+    training and validation steps. Every step hook is traced inside the Trainer's
+    compiled step, so it must be pure JAX: no host syncs, no per-step side effects.
+
+    ``loss_fn`` returns a dict with ``'loss'`` (what is minimised) and per-element
+    means such as ``'nll_loss'``, ``'perplexity'``, ``'accuracy'`` and
+    ``'bits_per_dim'``, plus ``'weight'``: the number of predicted elements the means
+    were taken over, which lets the Trainer aggregate metrics exactly.
+    """
+
+    #: The batch key holding the model input: 'sequences', 'images' or 'waveform'.
+    input_key: str = "sequences"
+    #: Defaults used by :meth:`configure_optimizers`; set them per instance to change.
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+
+    def training_step(self, batch: Mapping[str, jax.Array],
+                      rngs: nnx.Rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One forward pass in training mode; returns ``(loss, metrics)``."""
+        outputs = self(batch[self.input_key], rngs=rngs, training=True)
+        metrics = self.loss_fn(batch, outputs, rngs=rngs)
+        return metrics["loss"], metrics
+
+    def validation_step(self, batch: Mapping[str, jax.Array],
+                        rngs: nnx.Rngs) -> dict[str, jax.Array]:
+        """One forward pass in evaluation mode; returns the metrics dict."""
+        outputs = self(batch[self.input_key], rngs=rngs, training=False)
+        return self.loss_fn(batch, outputs, rngs=rngs)
+
+    def configure_optimizers(self) -> optax.GradientTransformation:
+        """AdamW at ``learning_rate`` / ``weight_decay``; callbacks may wrap it further."""
+        return optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
+
+    def log_samples(self, samples: jax.Array, logger: Any, step: int) -> None:
+        """Write samples to the logger; the default logs the token ids as text."""
+        logger.log_text("samples", "\n".join(" ".join(map(str, row)) for row in jax.device_get(samples).tolist()), step)

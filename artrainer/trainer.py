@@ -1,0 +1,601 @@
+"""The Trainer: fit / validate loops, hook dispatch, checkpoint restore.
+
+The hot loop is: pull a batch (or ``accumulate_grad_batches`` of them), check its
+shapes against the first one, run the compiled step, bump counters, dispatch hooks.
+Model, optimizer, metric sums and the divergence flag stay on the device; the host
+reads them every ``log_every_n_steps`` steps, at validation, and when a callback asks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import math
+import os
+import time
+import warnings
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from artrainer import compiled_step
+from artrainer.callbacks.base import HOOKS, Callback
+from artrainer.checkpointing import CheckpointStore, split_step_path
+from artrainer.metrics import MetricSums
+from artrainer.module import ARModule
+
+PRECISIONS = ("fp32", "bf16")
+CHECKPOINT_FORMAT = 1
+
+
+class DivergenceError(FloatingPointError):
+    """A loss or gradient norm became NaN or infinite."""
+
+
+class Trainer:
+    """Runs an :class:`~artrainer.ARModule`'s compiled training loop with callbacks.
+
+    See README.md ("Trainer") for every argument. ``logger=None`` logs to TensorBoard
+    under ``default_root_dir``; ``logger=False`` disables logging.
+    """
+
+    def __init__(self, *, max_steps: int | None = None, max_epochs: int | None = None,
+                 callbacks: Iterable[Callback] = (), logger: Any = None,
+                 log_every_n_steps: int = 50, val_check_interval: int | float | None = None,
+                 limit_val_batches: int | float | None = None, accumulate_grad_batches: int = 1,
+                 precision: str = "fp32", seed: int = 0, default_root_dir: str = "runs",
+                 enable_progress_bar: bool = True, **unknown: Any):
+        if unknown:
+            allowed = [p for p in inspect.signature(Trainer.__init__).parameters if p not in ("self", "unknown")]
+            name = next(iter(unknown))
+            hint = difflib.get_close_matches(name, allowed, n=1)
+            raise TypeError(f"Trainer got an unknown argument {name!r}"
+                            + (f"; did you mean {hint[0]!r}?" if hint else "")
+                            + f" Allowed: {', '.join(allowed)}")
+        _check_optional_int("max_steps", max_steps, minimum=1)
+        _check_optional_int("max_epochs", max_epochs, minimum=1)
+        _check_int("log_every_n_steps", log_every_n_steps, minimum=1)
+        _check_int("accumulate_grad_batches", accumulate_grad_batches, minimum=1)
+        _check_int("seed", seed, minimum=0)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not supported; use one of {PRECISIONS}")
+        _check_interval("val_check_interval", val_check_interval)
+        _check_interval("limit_val_batches", limit_val_batches, allow_zero=True)
+        callbacks = list(callbacks) if not isinstance(callbacks, Callback) else [callbacks]
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be artrainer.Callback instances; got {cb!r}")
+
+        self.max_steps, self.max_epochs = max_steps, max_epochs
+        self.log_every_n_steps = log_every_n_steps
+        self.val_check_interval, self.limit_val_batches = val_check_interval, limit_val_batches
+        self.accumulate_grad_batches, self.precision, self.seed = accumulate_grad_batches, precision, seed
+        self.default_root_dir = os.fspath(default_root_dir)
+        self.logger = self._make_logger(logger)
+        self.callbacks = self._with_default_callbacks(callbacks, enable_progress_bar)
+
+        self.global_step = 0
+        self.current_epoch = 0
+        self.should_stop = False
+        self.callback_metrics: dict[str, float] = {}
+        self.module: ARModule | None = None
+        self.optimizer: nnx.Optimizer | None = None
+        self.train_data: Any = None
+        self.num_training_batches: int | None = None
+        self.eval_params = None
+        self.resumed_step: int | None = None
+        self._eval_step = None
+        self._val_data = None
+        self._state: dict[str, Any] | None = None
+        self._health = None
+        self._dirty = False
+        self._logged_at = -1
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, module: ARModule, train_data: Iterable[Mapping[str, Any]],
+            val_data: Iterable[Mapping[str, Any]] | None = None, *,
+            ckpt_path: str | os.PathLike | None = None) -> None:
+        """Train ``module`` until ``max_steps`` / ``max_epochs`` or ``should_stop``.
+
+        ``ckpt_path``: ``"last"`` / ``"best"`` (from the ModelCheckpoint directory; a
+        missing ``"last"`` starts fresh with a warning, so restart loops just work) or
+        the path of a checkpoint root or step directory.
+        """
+        self._check_fit_args(module, train_data, val_data)
+        self._setup(module, train_data)
+        self._val_data = val_data
+        try:
+            self._call("setup", "fit")
+            resume = self._restore(ckpt_path) if ckpt_path is not None else (0, False)
+            self._call("on_fit_start")
+            self._train(train_data, val_data, *resume)
+            self._call("on_fit_end")
+        except BaseException as exc:
+            self._call("on_exception", exc)
+            raise
+        finally:
+            self._call("teardown", "fit")
+            self.sync_module()
+            if self.logger is not None:
+                self.logger.flush()
+
+    def validate(self, module: ARModule, val_data: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+        """Exact (element-weighted) validation metrics of ``module`` over ``val_data``."""
+        if not isinstance(module, ARModule):
+            raise TypeError(f"module must be an artrainer.ARModule; got {type(module).__name__}")
+        if self.module is not module:
+            self.module, self._state = module, None
+            self._hook_table = self._build_hook_table()
+        return self._validation_loop(val_data)
+
+    # ------------------------------------------------------- helpers for callbacks
+    @property
+    def is_log_step(self) -> bool:
+        """True inside the hooks of a step whose metrics were just read from the device."""
+        return self._logged_at == self.global_step
+
+    @property
+    def validation_due(self) -> bool:
+        """True inside ``on_train_batch_end`` of a step that validation will follow."""
+        return self._val_data is not None and self._validation_due()
+
+    @property
+    def model_state(self):
+        """The live ``nnx.State`` of the model (device arrays), without syncing the module."""
+        return self._state["model"] if self._state is not None else nnx.state(self.module)
+
+    def eval_model_state(self):
+        """The model state validation and sampling use: ``eval_params`` over the live state.
+
+        A callback (an EMA of the weights, say) sets ``trainer.eval_params`` to an
+        ``nnx.State`` of ``nnx.Param`` values; validation and SampleGenerator then use
+        those instead of the training weights. None (the default) uses the live ones.
+        """
+        state = self.model_state
+        if self.eval_params is None:
+            return state
+        return nnx.merge_state(state, self.eval_params)
+
+    def eval_module(self) -> ARModule:
+        """``module`` itself, or a copy carrying ``eval_params`` when they are set."""
+        if self.eval_params is None:
+            self.sync_module()
+            return self.module
+        # copy: sampling may write caches or RNG counts, which must not leak into training.
+        return nnx.merge(nnx.graphdef(self.module), self.eval_model_state(), copy=True)
+
+    def hparams(self, module: ARModule | None = None) -> dict[str, Any]:
+        """Trainer settings plus the module's ``hparams`` dict (if it has one), for loggers."""
+        module = module if module is not None else self.module
+        settings = {name: getattr(self, name) for name in (
+            "max_steps", "max_epochs", "log_every_n_steps", "val_check_interval", "limit_val_batches",
+            "accumulate_grad_batches", "precision", "seed")}
+        settings["module"] = type(module).__name__
+        settings.update({f"module/{k}": v for k, v in getattr(module, "hparams", {}).items()})
+        return settings
+
+    def sync_module(self) -> None:
+        """Write the compiled loop's latest arrays back into ``module`` and ``optimizer``."""
+        if self._dirty and self._state is not None:
+            nnx.update(self.module, self._state["model"])
+            nnx.update(self.optimizer, self._state["optimizer"])
+            self._dirty = False
+
+    def nonfinite(self) -> tuple[int, str] | None:
+        """``(step, 'loss' | 'grad_norm')`` of the first non-finite value so far, else None."""
+        if self._health is None:
+            return None
+        health = jax.device_get(self._health)
+        step = int(health["step"])
+        return None if step < 0 else (step, compiled_step.NONFINITE_NAMES[int(health["what"])])
+
+    def check_finite(self) -> None:
+        """Raise :class:`DivergenceError` naming the step and metric if the run diverged."""
+        bad = self.nonfinite()
+        if bad is not None:
+            step, what = bad
+            raise DivergenceError(
+                f"non-finite {what} at step {step} (NaN or Inf); training stopped and no "
+                f"checkpoint of the diverged state was written. Resume from the last good one "
+                f"with fit(..., ckpt_path='last') after lowering the learning rate or clipping.")
+
+    def current_lr(self) -> float | None:
+        """Learning rate of the latest update: ``module.learning_rate`` times callback scales."""
+        base = getattr(self.module, "learning_rate", None)
+        if base is None:
+            return None
+        last_update = max(self.global_step - 1, 0)
+        for cb in self.callbacks:
+            scale = getattr(cb, "lr_scale", None)
+            if scale is not None:
+                base *= float(scale(last_update))
+        return float(base)
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(arrays, meta)`` describing the run now, for ModelCheckpoint to save.
+
+        ``meta`` is JSON: counters, where the next batch comes from, the host copy of
+        the metric sums and every callback's ``state_dict``. Raises
+        :class:`DivergenceError` instead of describing a diverged state.
+        """
+        self.check_finite()
+        epoch_done = self._epoch_done
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "global_step": self.global_step,
+            "current_epoch": self.current_epoch,
+            "next_epoch": self.current_epoch + 1 if epoch_done else self.current_epoch,
+            "next_batch": 0 if epoch_done else self._batches_in_epoch,
+            "loader": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
+            "train_sums": _host_tree(self._sums),
+            "health": _host_tree(self._health),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()},
+        }
+        self._call("on_save_checkpoint", meta)
+        return {"model": self._state["model"], "optimizer": self._state["optimizer"]}, meta
+
+    def default_checkpoint_dir(self) -> str:
+        return os.path.join(self.default_root_dir, "checkpoints")
+
+    # ------------------------------------------------------------------- internals
+    def _make_logger(self, logger):
+        if logger is False:
+            return None
+        if logger is None:
+            from artrainer.loggers import TensorBoardLogger
+            return TensorBoardLogger(save_dir=self.default_root_dir, name="logs")
+        for method in ("log_metrics", "log_hyperparams", "flush"):
+            if not callable(getattr(logger, method, None)):
+                raise TypeError(f"logger={logger!r} lacks a {method}() method; pass an "
+                                f"artrainer.loggers.TensorBoardLogger, None (default) or False")
+        return logger
+
+    def _with_default_callbacks(self, callbacks, enable_progress_bar):
+        from artrainer.callbacks import MetricsLogger, ProgressBar, TerminateOnNaN
+        present = {type(cb) for cb in callbacks}
+
+        def has(kind):
+            return any(issubclass(t, kind) for t in present)
+
+        defaults = []
+        if not has(TerminateOnNaN):
+            defaults.append(TerminateOnNaN())
+        if self.logger is not None and not has(MetricsLogger):
+            defaults.append(MetricsLogger())
+        if enable_progress_bar and not has(ProgressBar):
+            defaults.append(ProgressBar())
+        ordered = callbacks + defaults
+        keys = [cb.state_key for cb in ordered]
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicated:
+            raise ValueError(f"callbacks share the state_key(s) {duplicated}; give each instance a "
+                             "distinct state_key so their checkpoint states cannot collide")
+        # Monitoring callbacks run last so they see what the others logged.
+        return [cb for cb in ordered if not cb.is_monitor] + [cb for cb in ordered if cb.is_monitor]
+
+    def _build_hook_table(self):
+        table = {}
+        for hook in HOOKS:
+            base = getattr(Callback, hook)
+            table[hook] = [(getattr(cb, hook), cb.uses_module) for cb in self.callbacks
+                           if getattr(type(cb), hook, base) is not base]
+        return table
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for fn, uses_module in self._hook_table[hook]:
+            if uses_module:
+                self.sync_module()
+            fn(self, self.module, *args)
+
+    def _check_fit_args(self, module, train_data, val_data):
+        if not isinstance(module, ARModule):
+            raise TypeError(f"module must be an artrainer.ARModule; got {type(module).__name__}")
+        for name in ("__call__", "loss_fn"):
+            if not callable(getattr(module, name, None)):
+                raise TypeError(f"{type(module).__name__} must define {name}()")
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError("Trainer needs max_steps or max_epochs to know when fit() ends; "
+                             "both are None")
+        for name, data in (("train_data", train_data), ("val_data", val_data)):
+            if data is not None and (isinstance(data, (Mapping, str, bytes)) or not hasattr(data, "__iter__")):
+                raise TypeError(f"{name} must be an iterable of batch dicts (e.g. a list or an "
+                                f"artrainer.data.DataLoader); got {type(data).__name__}")
+        if isinstance(self.val_check_interval, float) and not hasattr(train_data, "__len__"):
+            raise ValueError(f"val_check_interval={self.val_check_interval} is a fraction of an epoch, "
+                             "but train_data has no len(); pass an int number of steps instead")
+        if val_data is None and self.val_check_interval is not None:
+            warnings.warn("val_check_interval is set but fit() got no val_data; no validation will run",
+                          stacklevel=3)
+
+    def _setup(self, module, train_data):
+        self.module, self.train_data = module, train_data
+        self.global_step, self.current_epoch, self.should_stop = 0, 0, False
+        self.resumed_step = None
+        self.callback_metrics = {}
+        self.num_training_batches = len(train_data) if hasattr(train_data, "__len__") else None
+        self._hook_table = self._build_hook_table()
+        tx = module.configure_optimizers()
+        for cb in self.callbacks:
+            tx = cb.configure_optimizer(self, module, tx)
+        self.optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
+        self._model_def = nnx.graphdef(module)
+        self._optimizer_def = nnx.graphdef(self.optimizer)
+        self._state = {"model": nnx.state(module), "optimizer": nnx.state(self.optimizer)}
+        self._dirty = False
+        self._train_step = compiled_step.make_train_step(
+            self._model_def, self._optimizer_def, seed=self.seed,
+            accumulate=self.accumulate_grad_batches, precision=self.precision)
+        self._train_checker = _BatchChecker("train_data", module.input_key)
+        self._sums = None
+        self._restored_sums = None
+        self._health = compiled_step.init_health()
+        self._batches_in_epoch = 0
+        self._epoch_done = False
+        self._logged_at = -1
+
+    def _restore(self, ckpt_path) -> tuple[int, bool]:
+        """Load a checkpoint into the run.
+
+        Returns ``(batches already consumed this epoch, whether the epoch's batches are
+        all consumed)``. A resumable loader restores its own position; any other
+        iterable is fast-forwarded past the consumed batches.
+        """
+        ckpt_path = os.fspath(ckpt_path)
+        if ckpt_path in ("last", "best"):
+            from artrainer.callbacks import ModelCheckpoint
+            owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
+            directory = owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+            if not os.path.isdir(directory):
+                warnings.warn(f"ckpt_path={ckpt_path!r}: no checkpoints in {directory}; starting from scratch",
+                              stacklevel=3)
+                return 0, False
+            step = None
+        else:
+            directory, step = split_step_path(ckpt_path)
+        store = CheckpointStore(directory, read_only=True)
+        try:
+            if step is None:
+                step = store.best_step() if ckpt_path == "best" else store.latest_step()
+            if step is None:
+                warnings.warn(f"ckpt_path={ckpt_path!r}: {directory} holds no complete checkpoint; "
+                              "starting from scratch", stacklevel=3)
+                return 0, False
+            if step not in store.steps():
+                raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no complete checkpoint for step {step} "
+                                        f"in {directory} (found {store.steps()})")
+            state, meta = store.restore(step, self._state)
+        finally:
+            store.close()
+        self._state, self._dirty = state, True
+        self.global_step = self.resumed_step = int(meta["global_step"])
+        self.current_epoch = int(meta["next_epoch"])
+        self._restored_sums = meta.get("train_sums")
+        self._health = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), meta["health"])
+        self._call("on_load_checkpoint", meta)
+        states = meta.get("callbacks", {})
+        known = {cb.state_key for cb in self.callbacks}
+        for cb in self.callbacks:
+            if cb.state_key in states:
+                cb.load_state_dict(states[cb.state_key])
+        unused = sorted(set(states) - known)
+        if unused:
+            warnings.warn(f"checkpoint holds state for callbacks not present now: {unused}", stacklevel=3)
+        next_batch = int(meta["next_batch"])
+        epoch_body_done = self.num_training_batches is not None and next_batch >= self.num_training_batches
+        if meta.get("loader") is not None and hasattr(self.train_data, "load_state_dict"):
+            self.train_data.load_state_dict(meta["loader"])
+        return next_batch, epoch_body_done
+
+    def _train(self, train_data, val_data, consumed: int, epoch_body_done: bool) -> None:
+        restored_loader = hasattr(train_data, "load_state_dict")
+        self._call("on_train_start")
+        self._last_log_time, self._last_log_step = time.perf_counter(), self.global_step
+        while not self._finished():
+            self._batches_in_epoch, self._epoch_done = consumed, False
+            self._call("on_train_epoch_start")
+            batches = iter(()) if epoch_body_done else iter(train_data)
+            if consumed and not epoch_body_done and not restored_loader:
+                if next(itertools.islice(batches, consumed - 1, None), None) is None:
+                    raise ValueError(f"cannot resume: train_data has fewer than {consumed} batches "
+                                     "this epoch, but the checkpoint was taken after that many")
+            consumed, epoch_body_done = 0, False
+            for batch_idx, batch in enumerate(self._step_batches(batches)):
+                self._call("on_train_batch_start", batch, batch_idx)
+                outputs = self._run_step(batch)
+                self._call("on_train_batch_end", outputs, batch, batch_idx)
+                if self.validation_due:
+                    self._validation_loop(val_data)
+                if self.should_stop or self._reached_max_steps():
+                    break
+            else:
+                self._epoch_done = True
+                if val_data is not None and self.val_check_interval is None:
+                    self._validation_loop(val_data)
+            self._call("on_train_epoch_end")
+            if not self._epoch_done:
+                break
+            self.current_epoch += 1
+            self._epoch_done = False
+            if self._batches_in_epoch == 0:
+                raise ValueError("train_data yielded no batches in an epoch; is it an exhausted "
+                                 "iterator? Pass a re-iterable (a list, a DataLoader)")
+        self._call("on_train_end")
+
+    def _finished(self) -> bool:
+        if self.should_stop or self._reached_max_steps():
+            return True
+        return self.max_epochs is not None and self.current_epoch >= self.max_epochs
+
+    def _reached_max_steps(self) -> bool:
+        return self.max_steps is not None and self.global_step >= self.max_steps
+
+    def _step_batches(self, batches):
+        """Yield one step's input: a batch, or ``accumulate_grad_batches`` stacked."""
+        size = self.accumulate_grad_batches
+        while True:
+            group = list(itertools.islice(batches, size))
+            if len(group) < size:
+                if group:
+                    warnings.warn(f"dropping {len(group)} trailing batch(es) that do not fill "
+                                  f"accumulate_grad_batches={size}", stacklevel=4)
+                return
+            for batch in group:
+                self._train_checker.check(batch)
+            self._batches_in_epoch += size
+            if size == 1:
+                yield group[0]
+            else:
+                yield {key: np.stack([np.asarray(b[key]) for b in group]) for key in group[0]}
+
+    def _run_step(self, batch):
+        if self._sums is None:
+            self._init_sums(batch)
+        self._state, self._sums, self._health, outputs = self._train_step(
+            self._state, self._sums, self._health, batch)
+        self._dirty = True
+        self.global_step += 1
+        if self.global_step % self.log_every_n_steps == 0:
+            self._read_train_metrics()
+        return outputs
+
+    def _init_sums(self, batch):
+        micro = batch if self.accumulate_grad_batches == 1 else {k: v[0] for k, v in batch.items()}
+        shapes = compiled_step.metric_shapes(self._model_def, self._state["model"], micro,
+                                             self.precision, self.seed)
+        sums = compiled_step.init_train_sums(shapes)
+        if self._restored_sums is not None:
+            sums = jax.tree.map(lambda zero, saved: jnp.asarray(saved, zero.dtype), sums, self._restored_sums)
+        self._sums = sums
+        spec = self._train_checker.spec[self.module.input_key]
+        self._items_per_step = spec[0][0] * self.accumulate_grad_batches
+        self._elements_per_step = math.prod(spec[0]) * self.accumulate_grad_batches
+
+    def _read_train_metrics(self) -> None:
+        """Host sync: turn the device sums into ``train/...`` metrics and reset them."""
+        sums = jax.device_get(self._sums)
+        now = time.perf_counter()
+        steps = int(sums["steps"])
+        metrics = {f"train/{k}": v for k, v in MetricSums.compute(sums["metrics"]).items()}
+        if steps:
+            metrics["grad_norm"] = float(sums["grad_norm"]) / steps
+            elapsed = max(now - self._last_log_time, 1e-9)
+            done = self.global_step - self._last_log_step
+            metrics["throughput/items_per_sec"] = done * self._items_per_step / elapsed
+            metrics["throughput/tokens_per_sec"] = done * self._elements_per_step / elapsed
+        lr = self.current_lr()
+        if lr is not None:
+            metrics["lr"] = lr
+        self.callback_metrics.update(metrics)
+        self._sums = jax.tree.map(jnp.zeros_like, self._sums)
+        self._last_log_time, self._last_log_step = now, self.global_step
+        self._logged_at = self.global_step
+
+    def _validation_due(self) -> bool:
+        interval = self.val_check_interval
+        if interval is None:
+            return False
+        if isinstance(interval, float):
+            every = max(1, round(interval * self.num_training_batches / self.accumulate_grad_batches))
+            return (self._batches_in_epoch // self.accumulate_grad_batches) % every == 0
+        return self.global_step % interval == 0
+
+    def _validation_loop(self, val_data) -> dict[str, float]:
+        limit = self.limit_val_batches
+        if isinstance(limit, float):
+            if not hasattr(val_data, "__len__"):
+                raise ValueError(f"limit_val_batches={limit} is a fraction, but val_data has no len()")
+            limit = max(1, int(limit * len(val_data))) if limit > 0 else 0
+        self._call("on_validation_start")
+        model_state = self.eval_model_state()
+        checker = _BatchChecker("val_data", self.module.input_key)
+        eval_step = self._eval_step_for(self.module)
+        sums = None
+        for index, batch in enumerate(val_data):
+            if limit is not None and index >= limit:
+                break
+            checker.check(batch)
+            if sums is None:
+                shapes = compiled_step.eval_metric_shapes(self._model_def_of(self.module), model_state,
+                                                          batch, self.seed)
+                sums = MetricSums.zeros(shapes)
+            sums = eval_step(model_state, sums, batch, index)
+        metrics = MetricSums.compute(sums) if sums is not None else {}
+        self.callback_metrics.update({f"val/{k}": v for k, v in metrics.items()})
+        self._call("on_validation_end")
+        return {f"val/{k}": v for k, v in metrics.items()}
+
+    def _model_def_of(self, module):
+        return self._model_def if self._state is not None else nnx.graphdef(module)
+
+    def _eval_step_for(self, module):
+        """The compiled eval step, built once per module (so once per fit)."""
+        if self._eval_step is None or self._eval_step[0] is not module:
+            step = compiled_step.make_eval_step(self._model_def_of(module), seed=self.seed,
+                                                precision=self.precision)
+            self._eval_step = (module, step)
+        return self._eval_step[1]
+
+
+class _BatchChecker:
+    """Checks each batch against the first: same keys, shapes and dtypes (one compile)."""
+
+    def __init__(self, name: str, input_key: str):
+        self.name, self.input_key = name, input_key
+        self.spec: dict[str, tuple] | None = None
+
+    def check(self, batch) -> None:
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{self.name} must yield dicts of arrays; got {type(batch).__name__}")
+        if self.spec is None:
+            if self.input_key not in batch:
+                raise ValueError(f"{self.name} batches lack the module's input_key {self.input_key!r}; "
+                                 f"they have keys {sorted(batch)}")
+            self.spec = {k: (np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
+                         for k, v in batch.items()}
+            return
+        if batch.keys() != self.spec.keys():
+            raise ValueError(f"{self.name} batch keys changed from {sorted(self.spec)} to {sorted(batch)}")
+        for key, (shape, dtype) in self.spec.items():
+            value = batch[key]
+            if np.shape(value) != shape or getattr(value, "dtype", dtype) != dtype:
+                raise ValueError(
+                    f"{self.name} batch[{key!r}] has shape {np.shape(value)} dtype "
+                    f"{getattr(value, 'dtype', '?')}, but the first batch had {shape} {dtype}; batch "
+                    "shapes must stay fixed (use artrainer.data.DataLoader with last_batch='drop' or 'pad')")
+
+
+def _host_tree(tree):
+    """A JSON-ready copy of a small device pytree (python ints/floats)."""
+    if tree is None:
+        return None
+    return jax.tree.map(lambda x: np.asarray(x).item(), jax.device_get(tree))
+
+
+def _check_int(name, value, *, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name}={value} is invalid; it must be >= {minimum}")
+
+
+def _check_optional_int(name, value, *, minimum):
+    if value is not None:
+        _check_int(name, value, minimum=minimum)
+
+
+def _check_interval(name, value, *, allow_zero=False):
+    """None, an int count (>= 1, or >= 0 with allow_zero) or a float fraction in (0, 1]."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be None, an int count or a float fraction; got {value!r}")
+    if isinstance(value, (float, np.floating)):
+        low_ok = value >= 0.0 if allow_zero else value > 0.0
+        if not (low_ok and value <= 1.0):
+            raise ValueError(f"{name}={value} as a fraction must lie in {'[0' if allow_zero else '(0'}, 1]")
+    elif value < (0 if allow_zero else 1):
+        raise ValueError(f"{name}={value} as a count must be >= {0 if allow_zero else 1}")
