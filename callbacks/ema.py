@@ -1,0 +1,127 @@
+"""EMA: an exponential moving average of the model's weights, used for validation and sampling."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import jax
+import numpy as np
+from flax import nnx
+
+from artrainer import Callback
+
+
+def _ema_step(ema, params, decay):
+    return jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, params)
+
+
+class EMA(Callback):
+    """Keep ``ema = decay * ema + (1 - decay) * params`` over the ``nnx.Param`` weights.
+
+    The average starts from the weights at fit start and is updated every
+    ``every_n_steps`` steps by one jitted, buffer-donating call: it stays on the
+    device and costs no host sync. With ``warmup`` the decay of update ``n`` (from 0)
+    is ``min(decay, (1 + n) / (10 + n))``, so early averages are not dominated by the
+    random initialisation. While fitting, ``trainer.eval_params`` points at the
+    average, so validation and SampleGenerator use it; after fit read ``self.ema``.
+    Each update donates the previous average's buffers: keep ``self.ema``, not an
+    older reference.
+
+    Checkpoints: the average is as large as the model, too large for the JSON
+    callback state, so each checkpoint also writes
+    ``<default_root_dir>/ema/<step>.npz`` (atomically, before the checkpoint itself)
+    and records its absolute path under ``checkpoint['ema_file']``; resuming loads it.
+    Those files are not pruned along with old checkpoints.
+    """
+
+    uses_module = False
+
+    def __init__(self, decay: float = 0.999, *, every_n_steps: int = 1, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay!r} must lie in [0, 1)")
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be an int >= 1")
+        self.decay, self.every_n_steps, self.warmup = decay, every_n_steps, warmup
+        self.ema: nnx.State | None = None
+        self.updates = 0
+        self._update = jax.jit(_ema_step, donate_argnums=0)
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = int(state["updates"])
+
+    def current_decay(self) -> float:
+        """Decay of the next update."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    # -- hooks ------------------------------------------------------------------
+    def setup(self, trainer, module, stage):
+        self.ema, self.updates = None, 0
+
+    def on_fit_start(self, trainer, module):
+        if self.ema is None:  # a copy: the next train step donates the live buffers
+            self.ema = jax.tree.map(lambda x: x.copy(), _params(trainer))
+        trainer.eval_params = self.ema
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every_n_steps == 0:
+            self.ema = self._update(self.ema, _params(trainer), self.current_decay())
+            self.updates += 1
+            trainer.eval_params = self.ema
+
+    def teardown(self, trainer, module, stage):
+        trainer.eval_params = None
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        directory = os.path.abspath(os.path.join(trainer.default_root_dir, "ema"))
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{trainer.global_step}.npz")
+        arrays = {"/".join(map(str, key)): value.get_value()
+                  for key, value in nnx.to_flat_state(jax.device_get(self.ema))}
+        _write_atomic(path, lambda f: np.savez(f, **arrays))
+        checkpoint["ema_file"] = path
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        path = checkpoint.get("ema_file")
+        if path is None:
+            warnings.warn("checkpoint holds no EMA; the average restarts from the restored weights",
+                          stacklevel=2)
+            return
+        self.ema = _load_like(path, _params(trainer))
+
+
+def _params(trainer) -> nnx.State:
+    return nnx.filter_state(trainer.model_state, nnx.Param)
+
+
+def _load_like(path: str, like: nnx.State) -> nnx.State:
+    """The average saved at ``path``, with the structure, dtypes and devices of ``like``."""
+    leaves = []
+    with np.load(path) as saved:
+        for key, variable in nnx.to_flat_state(like):
+            name, ref = "/".join(map(str, key)), variable.get_value()
+            if name not in saved:
+                raise KeyError(f"EMA file {path} lacks the parameter {name!r}; was it saved for another model?")
+            value = saved[name]
+            if value.dtype.kind == "V":  # npz keeps bfloat16 as raw 2-byte records
+                value = value.view(ref.dtype)
+            if value.shape != ref.shape or value.dtype != ref.dtype:
+                raise ValueError(f"EMA parameter {name!r} is {value.dtype}{list(value.shape)} in {path}, "
+                                 f"but the model's is {ref.dtype}{list(ref.shape)}")
+            leaves.append((key, variable.replace(jax.device_put(value, ref.sharding))))
+    return nnx.from_flat_state(leaves)
+
+
+def _write_atomic(path: str, write) -> None:
+    """Write through ``write(file)`` to a temporary name, then rename: readers never see half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
