@@ -42,6 +42,20 @@ def _cast_floats(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def _merge_for_compute(model_def, params, rest, dtype):
+    """Merge a module whose params (and fixed compute dtypes) are ``dtype``.
+
+    Flax layers such as ``nnx.Embed`` pin a float32 compute dtype at construction and
+    would cast bf16 weights straight back; the merged copy's pins move to ``dtype``.
+    """
+    module = nnx.merge(model_def, _cast_floats(params, dtype), rest)
+    if dtype is not None:
+        for _, sub in nnx.iter_modules(module):
+            if getattr(sub, "dtype", None) == jnp.float32:
+                sub.dtype = dtype
+    return module
+
+
 def _checked_training_step(module, batch, rngs):
     loss, metrics = module.training_step(batch, rngs)
     if not isinstance(metrics, Mapping) or "loss" not in metrics:
@@ -63,7 +77,7 @@ def micro_step_fn(model_def: nnx.GraphDef, precision: str) -> Callable:
     dtype = _compute_dtype(precision)
 
     def loss_of(params, rest, batch, key):
-        module = nnx.merge(model_def, _cast_floats(params, dtype), rest)
+        module = _merge_for_compute(model_def, params, rest, dtype)
         loss, metrics = _checked_training_step(module, batch, nnx.Rngs(key))
         _, _, new_rest = nnx.split(module, nnx.Param, ...)
         return loss.astype(jnp.float32), (metrics, new_rest)
@@ -143,7 +157,7 @@ def make_eval_step(model_def: nnx.GraphDef, *, seed: int, precision: str) -> Cal
 
     def eval_step(model_state, sums, batch, index):
         _, params, rest = nnx.split(nnx.merge(model_def, model_state), nnx.Param, ...)
-        module = nnx.merge(model_def, _cast_floats(params, dtype), rest)
+        module = _merge_for_compute(model_def, params, rest, dtype)
         metrics = module.validation_step(batch, nnx.Rngs(jax.random.fold_in(base_key, index)))
         if not isinstance(metrics, Mapping) or "loss" not in metrics:
             raise ValueError(f"{type(module).__name__}.validation_step must return a dict with a "

@@ -161,9 +161,18 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
 
 
 def test_bf16_keeps_fp32_params_and_learns(tmp_path):
-    model = bigram()
+    compute_dtypes = []
+
+    class Spy(BigramLM):
+        def loss_fn(self, batch, outputs, *, rngs=None):
+            compute_dtypes.append(outputs["logits"].dtype)  # recorded while tracing
+            return super().loss_fn(batch, outputs, rngs=rngs)
+
+    model = Spy(VOCAB, rngs=nnx.Rngs(0))
+    model.learning_rate = 1e-2
     trainer = make_trainer(tmp_path, max_steps=80, precision="bf16", log_every_n_steps=20)
     trainer.fit(model, loader())
+    assert compute_dtypes and set(compute_dtypes) == {jnp.dtype(jnp.bfloat16)}
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))}
     assert dtypes == {jnp.dtype(jnp.float32)}
     float_leaves = [x for x in jax.tree.leaves(trainer.optimizer.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]

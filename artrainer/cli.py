@@ -1,0 +1,50 @@
+"""Command-line flags shared by the recipes: the Trainer, its callbacks, --callback files."""
+
+from __future__ import annotations
+
+import argparse
+
+from artrainer.callbacks import GradientClipping, LRWarmup, ModelCheckpoint, load_callback
+from artrainer.trainer import PRECISIONS, Trainer
+
+
+def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    group.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
+    group.add_argument("--lr", type=float, default=None, help="peak learning rate (module default if unset)")
+    group.add_argument("--warmup-steps", type=int, default=0, help="linear LR warmup steps (0: none)")
+    group.add_argument("--decay", default="cosine", choices=["constant", "cosine", "linear", "inverse_sqrt"],
+                       help="LR decay after warmup")
+    group.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
+    group.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--log-every", type=int, default=50, help="log metrics every N steps")
+    group.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: each epoch)")
+    group.add_argument("--limit-val-batches", type=int, default=None)
+    group.add_argument("--out", default="runs", help="root directory for logs and checkpoints")
+    group.add_argument("--ckpt-every", type=int, default=None,
+                       help="checkpoint every N steps (default: after each validation / epoch)")
+    group.add_argument("--resume", default=None, help="'last', 'best' or a checkpoint directory")
+    group.add_argument("--no-progress-bar", action="store_true")
+    group.add_argument("--callback", action="append", default=[], metavar="FILE.py:Class[:JSON]",
+                       help="add a user callback (repeatable), e.g. callbacks/ema.py:EMA:'{\"decay\": 0.99}'")
+
+
+def build_trainer(args: argparse.Namespace, extra_callbacks=()) -> Trainer:
+    """A Trainer configured from the flags of :func:`add_trainer_arguments`."""
+    callbacks = [ModelCheckpoint(every_n_steps=args.ckpt_every,
+                                 monitor="val/loss" if args.ckpt_every is None and args.val_every else None)]
+    if args.warmup_steps:
+        decay_steps = args.max_steps if args.decay in ("cosine", "linear") else None
+        callbacks.append(LRWarmup(args.warmup_steps, decay=args.decay, decay_steps=decay_steps))
+    if args.clip_norm:
+        callbacks.append(GradientClipping(args.clip_norm))
+    callbacks += [load_callback(spec) for spec in args.callback]
+    callbacks += list(extra_callbacks)
+    return Trainer(max_steps=args.max_steps, max_epochs=args.max_epochs, callbacks=callbacks,
+                   log_every_n_steps=args.log_every, val_check_interval=args.val_every,
+                   limit_val_batches=args.limit_val_batches, accumulate_grad_batches=args.accumulate,
+                   precision=args.precision, seed=args.seed, default_root_dir=args.out,
+                   enable_progress_bar=not args.no_progress_bar)
