@@ -43,16 +43,20 @@ def _cast_floats(tree, dtype):
 
 
 def _merge_for_compute(model_def, params, rest, dtype):
-    """Merge a module whose params (and fixed compute dtypes) are ``dtype``.
+    """Merge a module whose weights (and fixed compute dtypes) are ``dtype``.
 
-    Flax layers such as ``nnx.Embed`` pin a float32 compute dtype at construction and
-    would cast bf16 weights straight back; the merged copy's pins move to ``dtype``.
+    ``params`` are the trainable weights, ``rest`` everything else (frozen weights
+    included). Flax layers such as ``nnx.Embed`` pin a float32 compute dtype at
+    construction and would cast bf16 weights straight back; the merged copy's pins
+    move to ``dtype``.
     """
-    module = nnx.merge(model_def, _cast_floats(params, dtype), rest)
-    if dtype is not None:
-        for _, sub in nnx.iter_modules(module):
-            if getattr(sub, "dtype", None) == jnp.float32:
-                sub.dtype = dtype
+    if dtype is None:
+        return nnx.merge(model_def, params, rest)
+    frozen, other = nnx.split_state(rest, nnx.Param, ...)
+    module = nnx.merge(model_def, _cast_floats(params, dtype), _cast_floats(frozen, dtype), other)
+    for _, sub in nnx.iter_modules(module):
+        if getattr(sub, "dtype", None) == jnp.float32:
+            sub.dtype = dtype
     return module
 
 
@@ -68,18 +72,21 @@ def _checked_training_step(module, batch, rngs):
     return loss, with_weight(metrics)
 
 
-def micro_step_fn(model_def: nnx.GraphDef, precision: str) -> Callable:
+def micro_step_fn(model_def: nnx.GraphDef, precision: str, trainable) -> Callable:
     """``(params, rest, batch, key) -> ((loss, (metrics, rest)), grads)`` for one micro-batch.
 
-    Gradients are taken with respect to the fp32 ``nnx.Param`` leaves; under bf16 the
-    forward pass sees a bf16 copy, so the gradient flows back through the cast.
+    Gradients are taken with respect to the fp32 ``trainable`` leaves (the module's
+    ``trainable`` filter, ``nnx.Param`` by default); under bf16 the forward pass sees
+    a bf16 copy, so the gradient flows back through the cast.
     """
     dtype = _compute_dtype(precision)
 
     def loss_of(params, rest, batch, key):
         module = _merge_for_compute(model_def, params, rest, dtype)
         loss, metrics = _checked_training_step(module, batch, nnx.Rngs(key))
-        _, _, new_rest = nnx.split(module, nnx.Param, ...)
+        _, _, new_rest = nnx.split(module, trainable, ...)
+        # Frozen weights come back as they went in (fp32), not as the compute copy.
+        new_rest = nnx.merge_state(new_rest, nnx.filter_state(rest, nnx.Param))
         return loss.astype(jnp.float32), (metrics, new_rest)
 
     return jax.value_and_grad(loss_of, has_aux=True)
@@ -88,8 +95,8 @@ def micro_step_fn(model_def: nnx.GraphDef, precision: str) -> Callable:
 def metric_shapes(model_def, model_state, batch, precision: str, seed: int) -> dict[str, Any]:
     """Trace one micro-step abstractly (no compile) to learn the metric keys and check outputs."""
     module = nnx.merge(model_def, model_state)
-    _, params, rest = nnx.split(module, nnx.Param, ...)
-    grad_fn = micro_step_fn(nnx.graphdef(module), precision)
+    micro_def, params, rest = nnx.split(module, module.trainable, ...)
+    grad_fn = micro_step_fn(micro_def, precision, module.trainable)
     (_, (metrics, _)), _ = jax.eval_shape(grad_fn, params, rest, batch, jax.random.key(seed))
     return metrics
 
@@ -109,8 +116,8 @@ def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, see
         optimizer = nnx.merge(optimizer_def, state["optimizer"])
         update_count = optimizer.step[...]
         key = jax.random.fold_in(base_key, update_count)
-        micro_def, params, rest = nnx.split(module, nnx.Param, ...)
-        grad_fn = micro_step_fn(micro_def, precision)
+        micro_def, params, rest = nnx.split(module, module.trainable, ...)
+        grad_fn = micro_step_fn(micro_def, precision, module.trainable)
 
         if accumulate == 1:
             (loss, (metrics, rest)), grads = grad_fn(params, rest, batch, key)
@@ -156,8 +163,8 @@ def make_eval_step(model_def: nnx.GraphDef, *, seed: int, precision: str) -> Cal
     base_key = jax.random.key(seed)
 
     def eval_step(model_state, sums, batch, index):
-        _, params, rest = nnx.split(nnx.merge(model_def, model_state), nnx.Param, ...)
-        module = _merge_for_compute(model_def, params, rest, dtype)
+        split_def, params, rest = nnx.split(nnx.merge(model_def, model_state), nnx.Param, ...)
+        module = _merge_for_compute(split_def, params, rest, dtype)
         metrics = module.validation_step(batch, nnx.Rngs(jax.random.fold_in(base_key, index)))
         if not isinstance(metrics, Mapping) or "loss" not in metrics:
             raise ValueError(f"{type(module).__name__}.validation_step must return a dict with a "

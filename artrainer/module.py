@@ -26,6 +26,10 @@ class ARModule(nnx.Module):
 
     #: The batch key holding the model input: 'sequences', 'images' or 'waveform'.
     input_key: str = "sequences"
+    #: Which variables the optimizer updates (an nnx filter). Everything else, frozen
+    #: weights included, is carried through the step unchanged; prefix tuning and
+    #: fine-tuning narrow it to a Variable subclass of their own.
+    trainable: Any = nnx.Param
     #: Defaults used by :meth:`configure_optimizers`; set them per instance to change.
     learning_rate: float = 3e-4
     weight_decay: float = 0.01

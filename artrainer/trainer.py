@@ -321,7 +321,7 @@ class Trainer:
         tx = module.configure_optimizers()
         for cb in self.callbacks:
             tx = cb.configure_optimizer(self, module, tx)
-        self.optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)
+        self.optimizer = nnx.Optimizer(module, tx, wrt=module.trainable)
         self._model_def = nnx.graphdef(module)
         self._optimizer_def = nnx.graphdef(self.optimizer)
         self._state = {"model": nnx.state(module), "optimizer": nnx.state(self.optimizer)}

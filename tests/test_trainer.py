@@ -304,3 +304,29 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert resumed.global_step == 4
     finite = [bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(resumed.model_state)]
     assert all(finite)
+
+
+class Frozen(nnx.Param):
+    """Marks weights the optimizer must not touch."""
+
+
+def test_trainable_filter_freezes_the_rest(tmp_path):
+    """Only `module.trainable` variables change; frozen ones stay fp32 and bit-identical, even in bf16."""
+
+    class HalfFrozen(BigramLM):
+        trainable = nnx.All(nnx.Param, nnx.Not(Frozen))
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.embed.embedding = Frozen(self.embed.embedding[...])
+
+    model = HalfFrozen(VOCAB, rngs=nnx.Rngs(0))
+    frozen_before = np.array(model.embed.embedding[...])
+    out_before = np.array(model.out.kernel[...])
+    trainer = make_trainer(tmp_path, max_steps=5, precision="bf16")
+    trainer.fit(model, loader())
+    np.testing.assert_array_equal(model.embed.embedding[...], frozen_before)
+    assert model.embed.embedding[...].dtype == jnp.float32
+    assert not np.array_equal(model.out.kernel[...], out_before)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(trainer.optimizer.opt_state)]
+    assert any("out" in p for p in paths) and not any("embed" in p for p in paths)

@@ -1,0 +1,186 @@
+"""Logits processors shared by every model's compiled decode loop.
+
+The pipeline is Hugging Face's, in HF's order: repetition penalty, temperature, top-k,
+top-p. Everything is pure, shape-static JAX over any leading batch dims, computed in
+float32, and driven by a hashable :class:`SamplingConfig` that callers pass to
+``jax.jit`` as a *static* argument, so every choice below is made at trace time.
+
+Semantics worth knowing:
+
+* Ties follow ``lax.top_k``: tokens are ranked by logit, equal logits by lower token
+  id first. Top-k keeps exactly ``k`` tokens, top-p keeps a prefix of that same
+  ranking, and greedy decoding (``jnp.argmax``) picks its first entry.
+* Top-p keeps the smallest prefix whose probability reaches ``p``: a token is kept
+  when the mass ranked *before* it is ``< p``, so the token that crosses ``p`` stays
+  and the most probable token always does.
+* Removed tokens get ``-inf``, never a large negative number, so they have exactly zero
+  probability. ``-inf`` logits in the input (masked tokens) pass through without NaNs
+  as long as each row has at least one finite logit.
+* :func:`process_logits` returns the logits :func:`sample_from_logits` draws from,
+  greedy included (a point mass on the argmax), so :func:`token_log_probs` is the exact
+  sampling distribution that speculative sampling and likelihood tests need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _real(name: str, value, allowed: str, ok) -> float:
+    # bool is an int to Python, but True as a temperature is always a mistake.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    return value
+
+
+def _int(name: str, value, allowed: str, ok) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if not ok(value):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to turn logits into a token; hashable, so it is a static ``jax.jit`` argument.
+
+    Construction validates on the host and canonicalises: numbers become Python
+    ``float``/``int``, and the "off" spellings ``top_k=0`` and ``top_p=1`` become
+    ``None``, so equal settings compare and hash equal and share one compilation.
+    """
+
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int | None = None  # None/0 = off; 1 = greedy
+    top_p: float | None = None  # None or 1.0 = off; otherwise in (0, 1)
+    repetition_penalty: float = 1.0  # HF CTRL-style; 1 = off
+
+    def __post_init__(self):
+        canonical = {
+            "temperature": _real("temperature", self.temperature,
+                                 "a finite real number >= 0 (0 = greedy)", lambda t: t >= 0),
+            "top_k": None if self.top_k is None else _int(
+                "top_k", self.top_k, "None or an int >= 0 (0 = off, 1 = greedy)", lambda k: k >= 0) or None,
+            "top_p": None if self.top_p is None else _real(
+                "top_p", self.top_p, "None or a real number in (0, 1] (1 = off)", lambda p: 0 < p <= 1),
+            "repetition_penalty": _real("repetition_penalty", self.repetition_penalty,
+                                        "a finite real number > 0 (1 = off)", lambda r: r > 0),
+        }
+        if canonical["top_p"] == 1.0:
+            canonical["top_p"] = None
+        for name, value in canonical.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def create(cls, *, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+               vocab_size=None) -> SamplingConfig:
+        """Validated constructor; given ``vocab_size`` it also rejects a ``top_k`` beyond it."""
+        config = cls(temperature, top_k, top_p, repetition_penalty)
+        if vocab_size is not None:
+            vocab_size = _int("vocab_size", vocab_size, "None or an int >= 1", lambda v: v >= 1)
+            if config.top_k is not None and config.top_k > vocab_size:
+                raise ValueError(f"top_k must be None or an int in [0, vocab_size={vocab_size}]; "
+                                 f"got {top_k!r}")
+        return config
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sampling is a deterministic argmax (the key is then unused)."""
+        return self.temperature == 0 or self.top_k == 1
+
+
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty) -> jax.Array:
+    """Make tokens already in the sequence (``seen`` [..., V] bool) less likely, as HF does.
+
+    Positive logits are divided and negative ones multiplied by ``penalty``: a plain
+    division would *raise* a negative logit. ``-inf`` stays ``-inf``.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    return jnp.where(seen, jnp.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def apply_temperature(logits: jax.Array, temperature) -> jax.Array:
+    """Scale by ``1 / temperature`` (> 0); temperature 0 is greedy and handled as an argmax."""
+    return jnp.asarray(logits, jnp.float32) / temperature
+
+
+def apply_top_k(logits: jax.Array, k: int) -> jax.Array:
+    """Keep exactly the ``k`` (a static int >= 1) highest logits, ties to the lower token id."""
+    if k < 1:
+        raise ValueError(f"k must be an int >= 1; got {k!r}")
+    logits = jnp.asarray(logits, jnp.float32)
+    return _truncate(logits, min(k, logits.shape[-1]), None)
+
+
+def apply_top_p(logits: jax.Array, p) -> jax.Array:
+    """Nucleus filter: keep the smallest most-probable set whose probability is >= ``p``."""
+    logits = jnp.asarray(logits, jnp.float32)
+    return _truncate(logits, logits.shape[-1], p)
+
+
+def _truncate(logits: jax.Array, k: int, p) -> jax.Array:
+    """Keep the ``k`` highest logits, then (if ``p``) their nucleus of mass ``p``; -inf elsewhere.
+
+    One ``lax.top_k`` serves both filters: its output is sorted, so the nucleus is a
+    prefix of it, measured on the renormalised top-k survivors as HF's warpers compose.
+    Only ``k`` values are sorted and scattered back, never a ``[..., k, V]`` comparison.
+    """
+    values, indices = lax.top_k(logits, k)
+    if p is not None:
+        probs = jax.nn.softmax(values, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs  # exactly 0 for the top token
+        values = jnp.where(mass_before <= p - 0.1, values, -jnp.inf)
+    return jnp.put_along_axis(jnp.full_like(logits, -jnp.inf), indices, values, axis=-1,
+                              inplace=False)
+
+
+def _penalise(logits: jax.Array, config: SamplingConfig, seen: jax.Array | None) -> jax.Array:
+    logits = jnp.asarray(logits, jnp.float32)
+    if seen is None or config.repetition_penalty == 1.0:
+        return logits
+    return apply_repetition_penalty(logits, seen, config.repetition_penalty)
+
+
+def process_logits(logits: jax.Array, config: SamplingConfig,
+                   seen: jax.Array | None = None) -> jax.Array:
+    """The float32 logits ``sample_from_logits`` draws from; -inf outside the kept set.
+
+    Applies, in HF's order, the repetition penalty (when ``seen`` is given), temperature,
+    top-k and top-p. When ``config.greedy`` the result keeps only the argmax of the
+    penalised logits, so its softmax is the point mass greedy decoding samples.
+    """
+    logits = _penalise(logits, config, seen)
+    if config.greedy:
+        return _truncate(logits, 1, None)
+    if config.temperature != 1.0:
+        logits = apply_temperature(logits, config.temperature)
+    vocab_size = logits.shape[-1]
+    k = min(config.top_k or vocab_size, vocab_size)
+    if k < vocab_size or config.top_p is not None:
+        logits = _truncate(logits, k, config.top_p)
+    return logits
+
+
+def sample_from_logits(key: jax.Array, logits: jax.Array, config: SamplingConfig,
+                       seen: jax.Array | None = None) -> jax.Array:
+    """Draw int32 tokens [...] from ``logits`` [..., V]; one ``key`` serves the whole batch."""
+    if config.greedy:
+        return jnp.argmax(_penalise(logits, config, seen), axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, process_logits(logits, config, seen), axis=-1).astype(jnp.int32)
+
+
+def token_log_probs(logits: jax.Array, config: SamplingConfig,
+                    seen: jax.Array | None = None) -> jax.Array:
+    """Log-probabilities (float32, -inf outside the kept set) of ``sample_from_logits``'s draw."""
+    return jax.nn.log_softmax(process_logits(logits, config, seen), axis=-1)
