@@ -114,7 +114,7 @@ def split_case(kwargs):
     return SamplingConfig.create(**kwargs, vocab_size=V), seen
 
 
-def draw(logits, config, seen=None, n=N_DRAWS, seed=0):
+def sample_tokens(logits, config, seen=None, n=N_DRAWS, seed=0):
     """n samples, one key each, through a jitted vmap of sample_from_logits."""
     sample = jax.jit(jax.vmap(lambda key, logits, seen: sample_from_logits(key, logits, config, seen),
                               in_axes=(0, None, None)))
@@ -127,7 +127,7 @@ def test_samples_follow_expected_distribution(case):
     logits, kwargs = CASES[case]
     config, seen = split_case(kwargs)
     expected = expected_probs(logits, **kwargs)
-    tokens = draw(logits, config, seen)
+    tokens = sample_tokens(logits, config, seen)
     assert tokens.dtype == np.int32
     counts = np.bincount(tokens, minlength=V)
     support = expected > 0
@@ -169,7 +169,7 @@ def test_greedy_is_argmax_after_repetition_penalty(greedy):
     assert config.greedy
     assert np.argmax(logits) == 1 and np.argmax(expected_probs(logits, **greedy, seen=seen,
                                                                repetition_penalty=3.0)) == 2
-    tokens = draw(logits, config, seen, n=64)
+    tokens = sample_tokens(logits, config, seen, n=64)
     np.testing.assert_array_equal(tokens, np.full(64, 2))
     np.testing.assert_array_equal(np.exp(token_log_probs(logits, config, seen)), np.eye(V)[2])
 
@@ -209,7 +209,7 @@ def test_jit_compiles_once_per_config():
     sample(jax.random.key(0), logits, config=config)
     sample(jax.random.key(1), logits, config=config)
     # The same settings spelled differently canonicalise to an equal, equally hashed config.
-    sample(jax.random.key(2), logits, config=SamplingConfig(np.float64(0.9), 0, 0.8, 1))
+    sample(jax.random.key(2), logits, config=SamplingConfig(np.float64(0.9), None, np.float64(0.8), 1))
     assert traces == 1
     sample(jax.random.key(3), logits, config=SamplingConfig.create(temperature=0.9, top_p=0.7))
     assert traces == 2
@@ -242,7 +242,8 @@ NAN, INF = float("nan"), float("inf")
     (dict(temperature=INF), ValueError, r"temperature .*inf"),
     (dict(temperature=True), TypeError, r"temperature .*True.*bool"),
     (dict(temperature="1.0"), TypeError, r"temperature .*'1\.0'"),
-    (dict(top_k=-1), ValueError, r"top_k must be .*>= 0.*-1"),
+    (dict(top_k=-1), ValueError, r"top_k must be .*>= 1.*-1"),
+    (dict(top_k=0), ValueError, r"top_k must be .*>= 1.*0"),
     (dict(top_k=2.0), TypeError, r"top_k .*2\.0.*float"),
     (dict(top_k=True), TypeError, r"top_k .*True.*bool"),
     (dict(top_k=7, vocab_size=6), ValueError, r"top_k .*vocab_size=6.*7"),
@@ -265,7 +266,7 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_direct_construction_validates_and_canonicalises():
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=-1.0)
-    config = SamplingConfig.create(temperature=1, top_k=np.int64(0), top_p=1, vocab_size=6)
+    config = SamplingConfig.create(temperature=1, top_k=None, top_p=1, vocab_size=6)
     assert config == SamplingConfig() and hash(config) == hash(SamplingConfig())
     assert type(SamplingConfig(top_k=np.int64(3)).top_k) is int
     assert SamplingConfig.create(top_k=6, vocab_size=6).top_k == 6
@@ -285,7 +286,7 @@ def logits_and_configs(draw):
     seen = draw(hnp.arrays(np.bool_, vocab))
     config = SamplingConfig.create(
         temperature=draw(st.one_of(st.just(0.0), st.floats(0.05, 5.0))),
-        top_k=draw(st.one_of(st.none(), st.integers(0, vocab))),
+        top_k=draw(st.one_of(st.none(), st.integers(1, vocab))),
         top_p=draw(st.one_of(st.none(), st.floats(0.01, 1.0))),
         repetition_penalty=draw(st.floats(0.5, 3.0)),
         vocab_size=vocab,

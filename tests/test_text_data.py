@@ -130,7 +130,7 @@ def test_char_tokenizer_names_the_unknown_character():
 
 def test_bpe_compresses_held_out_text(bpe, corpus):
     held_out = "\n".join(corpus[-500:])
-    assert bpe.vocab_size <= 512 and len(bpe.encode(held_out)) < 0.6 * len(held_out.encode("utf-8"))
+    assert bpe.vocab_size <= 512 and len(bpe.encode(held_out)) < 0.75 * len(held_out.encode("utf-8"))
     assert [bpe.bos_token_id, bpe.eos_token_id, bpe.pad_token_id] == [0, 1, 2]
 
 

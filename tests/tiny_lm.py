@@ -18,7 +18,11 @@ class BigramLM(ARModule):
         self.embed = nnx.Embed(vocab_size, hidden, rngs=rngs)
         self.out = nnx.Linear(hidden, vocab_size, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate)
-        self.hparams = {"vocab_size": vocab_size, "hidden": hidden, "dropout_rate": dropout_rate}
+        self.hidden, self.dropout_rate = hidden, dropout_rate
+
+    @property
+    def hparams(self):
+        return {"vocab_size": self.vocab_size, "hidden": self.hidden, "dropout_rate": self.dropout_rate}
 
     def __call__(self, x, *, rngs=None, training=False):
         h = self.dropout(self.embed(x), deterministic=not training, rngs=rngs)

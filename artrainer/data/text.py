@@ -324,7 +324,8 @@ def token_windows(ids: np.ndarray | list[int], length: int, *, bos_token_id: int
 
 
 class _CharCount:
-    """Streams texts through, counting characters: tells an empty corpus from a short one."""
+    """Streams texts through, counting characters, so ``train`` can reject an empty corpus
+    without holding it in memory."""
 
     def __init__(self, texts: Iterable[str]):
         self._texts = texts

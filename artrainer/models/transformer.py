@@ -18,6 +18,9 @@ from flax.nnx.nn import dtypes
 
 from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
 from artrainer.module import ARModule
+from artrainer.sampling.beam_search import beam_search
+from artrainer.sampling.decode import as_key, check_count, check_prompt, decode
+from artrainer.sampling.processors import SamplingConfig
 
 POSITION_ENCODINGS = ("learned", "rotary")
 ROPE_BASE = 10_000.0
@@ -47,11 +50,12 @@ def apply_rope(x: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 class CausalSelfAttention(nnx.Module):
-    """Multi-head causal self-attention.
+    """Multi-head causal self-attention, with an optional functional KV cache.
 
-    q, k and v come from one fused projection (a single matmul, and k/v in the layout a
-    KV cache stores). The causal mask compares query and key *positions* rather than
-    array indices, so queries need not start at key 0.
+    q, k and v come from one fused projection. The causal mask compares query and key
+    *positions* rather than array indices, so the same code serves training (keys =
+    this chunk), cached decoding (keys = the whole cache, where slots past the query
+    positions are masked) and a learned prefix (keys at position -1, always visible).
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, dropout_rate: float, *,
@@ -63,20 +67,35 @@ class CausalSelfAttention(nnx.Module):
         self.out = nnx.Linear(hidden_dim, hidden_dim, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, *, rngs: nnx.Rngs | None,
-                 training: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, *, rngs: nnx.Rngs | None, training: bool,
+                 cache: dict[str, jax.Array] | None = None,
+                 prefix: tuple[jax.Array, jax.Array] | None = None):
+        """Returns ``(output, cache)``. ``cache`` = ``{'k', 'v'}`` of shape [B, L, H, D]:
+        this chunk's keys and values are written at ``positions`` and attention reads
+        the whole cache. ``prefix`` = (k, v) of shape [P, H, D], prepended to the keys."""
         batch, length, _ = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.rotary:
             q, k = apply_rope(q, positions), apply_rope(k, positions)
+        key_positions = positions
+        if cache is not None:
+            start = (0, positions[0], 0, 0)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+            key_positions = jnp.arange(k.shape[1])
+        if prefix is not None:
+            prefix_k, prefix_v = (jnp.broadcast_to(p.astype(q.dtype), (batch, *p.shape)) for p in prefix)
+            k, v = jnp.concatenate([prefix_k, k], axis=1), jnp.concatenate([prefix_v, v], axis=1)
+            key_positions = jnp.concatenate([jnp.full((prefix[0].shape[0],), -1), key_positions])
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(self.head_dim)
-        causal = positions[:, None] >= positions[None, :]
+        causal = positions[:, None] >= key_positions[None, :]
         scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, -1)
-        return self.dropout(self.out(y), deterministic=not training, rngs=rngs)
+        return self.dropout(self.out(y), deterministic=not training, rngs=rngs), cache
 
 
 class MLP(nnx.Module):
@@ -101,10 +120,12 @@ class Block(nnx.Module):
         self.mlp_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
         self.mlp = MLP(hidden_dim, feedforward_dim, dropout_rate, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, *, rngs: nnx.Rngs | None,
-                 training: bool) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), positions, rngs=rngs, training=training)
-        return x + self.mlp(self.mlp_norm(x), rngs=rngs, training=training)
+    def __call__(self, x: jax.Array, positions: jax.Array, *, rngs: nnx.Rngs | None, training: bool,
+                 cache: dict[str, jax.Array] | None = None, prefix=None):
+        attended, cache = self.attn(self.attn_norm(x), positions, rngs=rngs, training=training,
+                                    cache=cache, prefix=prefix)
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x), rngs=rngs, training=training), cache
 
 
 class TransformerAR(ARModule):
@@ -154,12 +175,6 @@ class TransformerAR(ARModule):
         self.feedforward_dim, self.dropout_rate = feedforward_dim, float(dropout_rate)
         self.position_encoding, self.tie_embeddings = position_encoding, tie_embeddings
         self.pad_token_id, self.bos_token_id = pad_token_id, bos_token_id
-        self.hparams = {
-            "vocab_size": vocab_size, "sequence_length": sequence_length, "hidden_dim": hidden_dim,
-            "num_layers": num_layers, "num_heads": num_heads, "feedforward_dim": feedforward_dim,
-            "dropout_rate": self.dropout_rate, "position_encoding": position_encoding,
-            "tie_embeddings": tie_embeddings, "pad_token_id": pad_token_id, "bos_token_id": bos_token_id,
-        }
 
         self.embedding = nnx.Embed(vocab_size, hidden_dim, embedding_init=_embedding_init,
                                    promote_dtype=_promote_like_arrays, rngs=rngs)
@@ -174,19 +189,149 @@ class TransformerAR(ARModule):
         if not tie_embeddings:
             self.head = nnx.Linear(hidden_dim, vocab_size, use_bias=False, rngs=rngs)
 
+    @property
+    def hparams(self) -> dict:
+        """The constructor config (JSON-able), for loggers. A property, not an attribute:
+        a dict attribute would make the module's GraphDef unhashable (no static jit arg)."""
+        return {
+            "vocab_size": self.vocab_size, "sequence_length": self.sequence_length,
+            "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
+            "feedforward_dim": self.feedforward_dim, "dropout_rate": self.dropout_rate,
+            "position_encoding": self.position_encoding, "tie_embeddings": self.tie_embeddings,
+            "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id,
+        }
+
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
                  training: bool = False) -> dict[str, jax.Array]:
         x = jnp.asarray(x)
         self._check_tokens(x)
-        positions = jnp.arange(x.shape[1])
+        logits, _ = self._forward(x, jnp.arange(x.shape[1]), rngs=rngs, training=training)
+        return {"logits": logits}
+
+    def _forward(self, x, positions, *, rngs=None, training=False, caches=None):
+        """Logits of tokens ``x`` at ``positions``, reading and writing ``caches`` if given."""
         h = self.embedding(x)
         if self.position_encoding == "learned":
-            h = h + self.position_embedding(positions)
-        for block in self.blocks:
-            h = block(h, positions, rngs=rngs, training=training)
+            # Clamped: slots past sequence_length are never kept, but must stay finite.
+            h = h + self.position_embedding(jnp.minimum(positions, self.sequence_length - 1))
+        new_caches = []
+        for index, block in enumerate(self.blocks):
+            h, cache = block(h, positions, rngs=rngs, training=training,
+                             cache=None if caches is None else caches[index], prefix=self.layer_prefix(index))
+            new_caches.append(cache)
         h = self.final_norm(h)
         logits = self.embedding.attend(h) if self.tie_embeddings else self.head(h)
-        return {"logits": logits}
+        return logits, (None if caches is None else new_caches)
+
+    def layer_prefix(self, layer: int):
+        """Keys and values every query of ``layer`` attends to first; None here (see prefix tuning)."""
+        return None
+
+    # -- KV cache -------------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list[dict[str, jax.Array]]:
+        """Empty per-layer key/value caches of ``max_length`` slots."""
+        shape = (batch_size, max_length, self.num_heads, self.hidden_dim // self.num_heads)
+        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in self.blocks]
+
+    def forward_with_cache(self, tokens: jax.Array, cache=None, *, index=0,
+                           rngs: nnx.Rngs | None = None) -> tuple[dict[str, jax.Array], list]:
+        """``({'logits': [B, t, V]}, cache)`` for ``tokens [B, t]`` at positions ``index ..``.
+
+        Their keys and values are written into ``cache`` (a fresh one of
+        ``sequence_length`` slots when None) and attention reads every earlier slot, so
+        feeding a prompt, then one token at a time, reproduces the full forward pass:
+        ``out, cache = model.forward_with_cache(seq[:, t:t + 1], cache, index=t)``.
+        """
+        if cache is None:
+            cache = self.init_cache(tokens.shape[0], self.sequence_length)
+        positions = index + jnp.arange(tokens.shape[1])
+        logits, cache = self._forward(tokens, positions, caches=cache)
+        return {"logits": logits}, cache
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, n_samples: int | None = None, max_length: int | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, *, rngs, prompt=None,
+                 eos_token_id: int | None = None, repetition_penalty: float = 1.0,
+                 use_cache: bool = True) -> jax.Array:
+        """Sample int32 ``[n_samples, max_length]`` sequences, the prompt included.
+
+        Without ``prompt`` every row starts with ``bos_token_id`` (token 0 when the model
+        has none). ``prompt`` is ``[P]`` (shared by all samples) or ``[n, P]``. Sampling
+        applies repetition penalty, temperature, top-k and top-p in that (HF) order;
+        ``temperature=0`` or ``top_k=1`` is greedy. A row that samples ``eos_token_id``
+        is padded after it (``pad_token_id``, else the EOS id) and the loop stops early
+        once every row has. Decoding is one compiled ``while_loop`` over a KV cache;
+        ``use_cache=False`` recomputes the prefix at every step instead (same tokens).
+        """
+        max_length = self.sequence_length if max_length is None else check_count(
+            "max_length", max_length, minimum=2, maximum=self.sequence_length)
+        if n_samples is not None:
+            check_count("n_samples", n_samples)
+        config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,
+                                       repetition_penalty=repetition_penalty, vocab_size=self.vocab_size)
+        start = [self.bos_token_id or 0] if prompt is None else prompt
+        prompt = check_prompt(start, n_samples=1 if prompt is None and n_samples is None else n_samples,
+                              vocab_size=self.vocab_size, max_length=max_length)
+        eos_token_id = self._check_token_id("eos_token_id", eos_token_id)
+        graphdef, state = nnx.split(self)
+        return decode(graphdef, state, jnp.asarray(prompt), as_key(rngs), max_length=max_length, config=config,
+                      eos_token_id=eos_token_id, pad_token_id=self._pad_for(eos_token_id), use_cache=use_cache)
+
+    def sample_with_conditioning(self, conditioning, n_samples: int | None = None, max_length: int | None = None,
+                                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                                 *, rngs, eos_token_id: int | None = None,
+                                 repetition_penalty: float = 1.0) -> jax.Array:
+        """Continue ``conditioning`` (``[P]`` or ``[B, P]`` token ids): ``n_samples`` continuations
+        of a single prompt, or one per row; returns ``[n, max_length]`` with the prompt first."""
+        return self.generate(n_samples, max_length, temperature, top_k, top_p, rngs=rngs, prompt=conditioning,
+                             eos_token_id=eos_token_id, repetition_penalty=repetition_penalty)
+
+    def generate_with_cache(self, n_samples: int | None = None, max_length: int | None = None, rngs=None,
+                            **kwargs) -> jax.Array:
+        """:meth:`generate` with the KV cache (the default), under the name the guide uses."""
+        return self.generate(n_samples, max_length, rngs=rngs, use_cache=True, **kwargs)
+
+    def beam_search(self, beam_size: int = 4, max_length: int | None = None, *, prompt=None,
+                    length_penalty: float = 1.0, eos_token_id: int | None = None,
+                    rngs=None) -> tuple[jax.Array, jax.Array]:
+        """Beam search from ``prompt`` (``[P]``; default BOS): ``(sequences [beam_size, max_length],
+        scores [beam_size])``, best first; see :mod:`artrainer.sampling.beam_search`. ``rngs``
+        is accepted for the guide's call signature and unused (the search is deterministic)."""
+        beam_size = check_count("beam_size", beam_size)
+        max_length = self.sequence_length if max_length is None else check_count(
+            "max_length", max_length, minimum=2, maximum=self.sequence_length)
+        if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real) \
+                or not math.isfinite(length_penalty):
+            raise ValueError(f"length_penalty must be a finite real number; got {length_penalty!r}")
+        start = [self.bos_token_id or 0] if prompt is None else prompt
+        prompt = check_prompt(start, n_samples=None, vocab_size=self.vocab_size, max_length=max_length)
+        if prompt.shape[0] != 1:
+            raise ValueError(f"beam_search takes one prompt; got {prompt.shape[0]} rows")
+        eos_token_id = self._check_token_id("eos_token_id", eos_token_id)
+        graphdef, state = nnx.split(self)
+        return beam_search(graphdef, state, jnp.asarray(prompt[0]), beam_size=beam_size, max_length=max_length,
+                           length_penalty=float(length_penalty), eos_token_id=eos_token_id,
+                           pad_token_id=self._pad_for(eos_token_id))
+
+    def log_samples(self, samples, logger, step: int) -> None:
+        """Samples as text: decoded with ``self.tokenizer`` when one is attached, else ids."""
+        tokenizer = getattr(self, "tokenizer", None)
+        rows = jax.device_get(samples).tolist()
+        lines = [tokenizer.decode(row) if tokenizer is not None else " ".join(map(str, row)) for row in rows]
+        logger.log_text("samples", "\n\n".join(lines), step)
+
+    def _check_token_id(self, name: str, value: int | None) -> int | None:
+        if value is not None:
+            _check_int(name, value)
+            if not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} must be a token id in [0, {self.vocab_size})")
+        return value
+
+    def _pad_for(self, eos_token_id: int | None) -> int:
+        """What fills positions after EOS: the pad id, else the EOS id itself."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return eos_token_id if eos_token_id is not None else 0
 
     def loss_fn(self, batch, outputs, *, rngs=None) -> dict[str, jax.Array]:
         """Next-token cross-entropy: ``logits[:, t]`` scored against ``sequences[:, t + 1]``.
@@ -223,3 +368,50 @@ def _check_positive_int(name: str, value) -> None:
     _check_int(name, value)
     if value < 1:
         raise ValueError(f"{name}={value} is invalid; it must be an int >= 1")
+
+
+class PrefixParam(nnx.Param):
+    """A prefix-tuning weight: the only kind the optimizer updates in a PrefixTunedTransformer."""
+
+
+class PrefixTunedTransformer(TransformerAR):
+    """TransformerAR with a learned prefix per layer (prefix tuning, Li & Liang 2021).
+
+    Every attention layer sees ``prefix_length`` extra key/value pairs in front of the
+    sequence, always visible to every query. ``trainable = PrefixParam``, so the
+    Trainer's optimizer updates the prefix alone and the base weights stay frozen
+    (bit for bit). Start from a trained model with :meth:`from_pretrained`.
+    """
+
+    trainable = PrefixParam
+
+    def __init__(self, *args, prefix_length: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_positive_int("prefix_length", prefix_length)
+        self.prefix_length = prefix_length
+        shape = (self.num_layers, prefix_length, self.num_heads, self.hidden_dim // self.num_heads)
+        init = nnx.initializers.normal(stddev=0.02)
+        self.prefix_keys = PrefixParam(init(kwargs["rngs"].params(), shape))
+        self.prefix_values = PrefixParam(init(kwargs["rngs"].params(), shape))
+
+    @classmethod
+    def from_pretrained(cls, base: TransformerAR, *, prefix_length: int = 10,
+                        rngs: nnx.Rngs) -> PrefixTunedTransformer:
+        """A prefix-tuned copy of ``base``: its weights, plus a fresh prefix."""
+        config = {k: v for k, v in base.hparams.items() if k not in ("vocab_size", "sequence_length",
+                                                                     "hidden_dim", "num_layers", "num_heads")}
+        model = cls(base.vocab_size, base.sequence_length, base.hidden_dim, base.num_layers, base.num_heads,
+                    prefix_length=prefix_length, rngs=rngs, **config)
+        nnx.update(model, jax.tree.map(jnp.copy, nnx.state(base)))
+        return model
+
+    @property
+    def hparams(self) -> dict:
+        return {**super().hparams, "prefix_length": self.prefix_length}
+
+    def layer_prefix(self, layer: int):
+        return self.prefix_keys[layer], self.prefix_values[layer]
+
+    def forward_with_prefix(self, x: jax.Array, rngs: nnx.Rngs | None = None, training: bool = False):
+        """The guide's name for the forward pass; the prefix is always applied."""
+        return self(x, rngs=rngs, training=training)

@@ -57,12 +57,12 @@ class SamplingConfig:
     """How to turn logits into a token; hashable, so it is a static ``jax.jit`` argument.
 
     Construction validates on the host and canonicalises: numbers become Python
-    ``float``/``int``, and the "off" spellings ``top_k=0`` and ``top_p=1`` become
+    ``float``/``int``, and the "off" spelling ``top_p=1`` becomes
     ``None``, so equal settings compare and hash equal and share one compilation.
     """
 
     temperature: float = 1.0  # 0 means greedy
-    top_k: int | None = None  # None/0 = off; 1 = greedy
+    top_k: int | None = None  # None = off; 1 = greedy
     top_p: float | None = None  # None or 1.0 = off; otherwise in (0, 1)
     repetition_penalty: float = 1.0  # HF CTRL-style; 1 = off
 
@@ -71,7 +71,7 @@ class SamplingConfig:
             "temperature": _real("temperature", self.temperature,
                                  "a finite real number >= 0 (0 = greedy)", lambda t: t >= 0),
             "top_k": None if self.top_k is None else _int(
-                "top_k", self.top_k, "None or an int >= 0 (0 = off, 1 = greedy)", lambda k: k >= 0) or None,
+                "top_k", self.top_k, "None (off) or an int >= 1 (1 = greedy)", lambda k: k >= 1),
             "top_p": None if self.top_p is None else _real(
                 "top_p", self.top_p, "None or a real number in (0, 1] (1 = off)", lambda p: 0 < p <= 1),
             "repetition_penalty": _real("repetition_penalty", self.repetition_penalty,
@@ -140,7 +140,7 @@ def _truncate(logits: jax.Array, k: int, p) -> jax.Array:
     if p is not None:
         probs = jax.nn.softmax(values, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs  # exactly 0 for the top token
-        values = jnp.where(mass_before <= p - 0.1, values, -jnp.inf)
+        values = jnp.where(mass_before < p, values, -jnp.inf)
     return jnp.put_along_axis(jnp.full_like(logits, -jnp.inf), indices, values, axis=-1,
                               inplace=False)
 
