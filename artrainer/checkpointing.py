@@ -61,6 +61,14 @@ class CheckpointStore:
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
+    def restore_subtree(self, step: int, target: Mapping[str, Any]) -> dict[str, Any]:
+        """Read only the parts of checkpoint ``step``'s state named in ``target`` (e.g. the model)."""
+        target = dict(target)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))
+        return restored["state"]
+
     def steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
@@ -90,3 +98,22 @@ def split_step_path(path: str | os.PathLike) -> tuple[str, int | None]:
     if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
         return os.path.dirname(path), int(name)
     return path, None
+
+
+def load_weights(module, ckpt_path: str | os.PathLike) -> int:
+    """Load the model weights of a Trainer checkpoint into ``module`` (optimizer state and
+    counters are skipped); ``ckpt_path`` is a step directory or a checkpoint root (its
+    latest step). Returns the step loaded. For inference, e.g. a recipe's generate mode."""
+    from flax import nnx
+
+    directory, step = split_step_path(ckpt_path)
+    store = CheckpointStore(directory, read_only=True)
+    try:
+        step = store.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"ckpt_path={os.fspath(ckpt_path)!r} holds no complete checkpoint")
+        restored = store.restore_subtree(step, {"model": nnx.state(module)})
+    finally:
+        store.close()
+    nnx.update(module, restored["model"])
+    return step

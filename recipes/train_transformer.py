@@ -1,36 +1,48 @@
-"""Train a GPT-style TransformerAR on text: the stdlib's own source by default.
+"""Train a GPT-style TransformerAR on text, or generate from a trained one.
 
-    python recipes/train_transformer.py --max-steps 2000
-    python recipes/train_transformer.py --text-files ../shared/data/tinyshakespeare/input.txt --max-steps 5000
-    python recipes/train_transformer.py --hf-dataset some/dataset --hf-column text --max-steps 5000
-    python recipes/train_transformer.py --max-steps 4000 --resume last      # continue a run
+    python recipes/train_transformer.py --max-steps 2000                  # the stdlib's own source
+    python recipes/train_transformer.py --text-files ../shared/data/tinyshakespeare/input.txt \\
+        --tokenizer char --max-steps 5000 --out runs/shakespeare
+    python recipes/train_transformer.py --hf-dataset path/or/name --hf-column text --tokenizer bpe
+    python recipes/train_transformer.py --max-steps 4000 --resume last    # continue a run
+    python recipes/train_transformer.py --generate --out runs --prompt "def main(" \\
+        --temperature 0.8 --top-p 0.9 --n-samples 4 --max-length 128     # sample from the last checkpoint
 
-Bytes are the tokens (vocabulary 259: 256 bytes + BOS/EOS/PAD); each training window
-starts with BOS. TensorBoard logs and checkpoints go under --out (default runs/).
+Training windows start with BOS. The run directory (--out) receives TensorBoard logs,
+checkpoints, the tokenizer (tokenizer.json) and the model config (model_config.json),
+which is what --generate reads back.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
-import numpy as np
 from flax import nnx
 
+from artrainer.callbacks import SampleGenerator
+from artrainer.checkpointing import load_weights
 from artrainer.cli import add_trainer_arguments, build_trainer
 from artrainer.data import DataLoader
-from artrainer.data.text import ByteTokenizer, read_text_files, stdlib_corpus, token_windows
+from artrainer.data.text import (BPETokenizer, ByteTokenizer, CharTokenizer, load_text_dataset,
+                                 read_text_files, stdlib_corpus, token_windows)
 from artrainer.models import TransformerAR
+
+TOKENIZERS = {"byte": ByteTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--text-files", nargs="+", default=None, help="train on these text files")
-    data.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset name or local path")
+    data.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset: saved dir, .txt path or hub name")
     data.add_argument("--hf-split", default="train")
     data.add_argument("--hf-column", default="text")
     data.add_argument("--corpus-bytes", type=int, default=4_000_000, help="size of the default stdlib corpus")
+    data.add_argument("--tokenizer", choices=sorted(TOKENIZERS), default="byte")
+    data.add_argument("--bpe-vocab", type=int, default=1024, help="vocabulary size of a trained BPE tokenizer")
     data.add_argument("--val-fraction", type=float, default=0.1)
     data.add_argument("--batch-size", type=int, default=32)
     model = parser.add_argument_group("model")
@@ -40,6 +52,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--num-heads", type=int, default=4)
     model.add_argument("--dropout", type=float, default=0.0)
     model.add_argument("--rotary", action="store_true", help="rotary instead of learned positions")
+    sampling = parser.add_argument_group("sampling (--generate, and periodic samples while training)")
+    sampling.add_argument("--generate", action="store_true", help="sample from a checkpoint instead of training")
+    sampling.add_argument("--checkpoint", default=None, help="checkpoint dir for --generate (default: <out>/checkpoints)")
+    sampling.add_argument("--prompt", default=None, help="text to continue")
+    sampling.add_argument("--n-samples", type=int, default=4)
+    sampling.add_argument("--max-length", type=int, default=None, help="tokens per sample, prompt included")
+    sampling.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    sampling.add_argument("--top-k", type=int, default=None)
+    sampling.add_argument("--top-p", type=float, default=None)
+    sampling.add_argument("--repetition-penalty", type=float, default=1.0)
+    sampling.add_argument("--stop-at-eos", action="store_true", help="end samples at the tokenizer's EOS")
+    sampling.add_argument("--beam-size", type=int, default=None, help="beam search instead of sampling")
+    sampling.add_argument("--length-penalty", type=float, default=1.0)
+    sampling.add_argument("--no-cache", action="store_true", help="recompute the prefix every step (slow)")
+    sampling.add_argument("--sample-every", type=int, default=None, help="log samples every N training steps")
     add_trainer_arguments(parser)
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_epochs is None:
@@ -53,38 +80,98 @@ def load_text(args) -> str:
     if args.text_files:
         return read_text_files(args.text_files)
     if args.hf_dataset:
-        import datasets
-        table = datasets.load_dataset(args.hf_dataset, split=args.hf_split)
-        if args.hf_column not in table.column_names:
-            raise ValueError(f"--hf-column {args.hf_column!r} is not a column of {args.hf_dataset}; "
-                             f"it has {table.column_names}")
-        return "\n".join(table[args.hf_column])
+        return "\n".join(load_text_dataset(args.hf_dataset, split=args.hf_split, column=args.hf_column))
     return stdlib_corpus(args.corpus_bytes)
+
+
+def make_tokenizer(args, text: str):
+    if args.tokenizer == "char":
+        return CharTokenizer.fit(text)
+    if args.tokenizer == "bpe":
+        return BPETokenizer.train([text], args.bpe_vocab)
+    return ByteTokenizer()
+
+
+def build_model(config: dict, seed: int) -> TransformerAR:
+    return TransformerAR(config["vocab_size"], config["sequence_length"], config["hidden_dim"],
+                         config["num_layers"], config["num_heads"], dropout_rate=config["dropout_rate"],
+                         position_encoding=config["position_encoding"], pad_token_id=config["pad_token_id"],
+                         bos_token_id=config["bos_token_id"], rngs=nnx.Rngs(seed))
+
+
+def sampling_kwargs(args, tokenizer) -> dict:
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  repetition_penalty=args.repetition_penalty)
+    if args.stop_at_eos:
+        kwargs["eos_token_id"] = tokenizer.eos_token_id
+    return kwargs
+
+
+def train(args) -> int:
+    text = load_text(args)
+    tokenizer = make_tokenizer(args, text)
+    windows = token_windows(tokenizer.encode(text), args.seq_len, bos_token_id=tokenizer.bos_token_id)
+    n_val = max(1, int(len(windows) * args.val_fraction))
+    train_windows, val_windows = windows[:-n_val], windows[-n_val:]
+    print(f"{len(train_windows)} training and {len(val_windows)} validation windows of {args.seq_len} "
+          f"{args.tokenizer} tokens", file=sys.stderr)
+    train_data = DataLoader({"sequences": train_windows}, args.batch_size, seed=args.seed)
+    val_data = DataLoader({"sequences": val_windows}, args.batch_size, shuffle=False, last_batch="pad")
+
+    config = {"tokenizer": args.tokenizer, "vocab_size": tokenizer.vocab_size, "sequence_length": args.seq_len,
+              "hidden_dim": args.hidden_dim, "num_layers": args.num_layers, "num_heads": args.num_heads,
+              "dropout_rate": args.dropout, "position_encoding": "rotary" if args.rotary else "learned",
+              "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
+    os.makedirs(args.out, exist_ok=True)
+    tokenizer.save(os.path.join(args.out, "tokenizer.json"))
+    with open(os.path.join(args.out, "model_config.json"), "w") as file:
+        json.dump(config, file, indent=2)
+
+    model = build_model(config, args.seed)
+    model.tokenizer = tokenizer  # log_samples decodes with it
+    if args.lr is not None:
+        model.learning_rate = args.lr
+    extra = []
+    if args.sample_every:
+        extra.append(SampleGenerator(args.sample_every, args.n_samples, quality_metrics=True,
+                                     generate_kwargs={"max_length": args.max_length or args.seq_len,
+                                                      **sampling_kwargs(args, tokenizer)}))
+    trainer = build_trainer(args, extra)
+    trainer.fit(model, train_data, val_data, ckpt_path=args.resume)
+    metrics = trainer.validate(model, val_data)
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def generate(args) -> int:
+    config_path = os.path.join(args.out, "model_config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"--generate needs a trained run in --out {args.out!r}: no {config_path}")
+    with open(config_path) as file:
+        config = json.load(file)
+    tokenizer = TOKENIZERS[config["tokenizer"]].load(os.path.join(args.out, "tokenizer.json"))
+    model = build_model(config, args.seed)
+    step = load_weights(model, args.checkpoint or os.path.join(args.out, "checkpoints"))
+    prompt = [tokenizer.bos_token_id] + (tokenizer.encode(args.prompt) if args.prompt else [])
+    rngs = nnx.Rngs(sample=args.seed)
+    if args.beam_size:
+        sequences, scores = model.beam_search(args.beam_size, args.max_length, prompt=prompt,
+                                              length_penalty=args.length_penalty,
+                                              eos_token_id=tokenizer.eos_token_id if args.stop_at_eos else None)
+        labels = [f"score {float(s):.3f}" for s in scores]
+    else:
+        sequences = model.generate(args.n_samples, args.max_length, prompt=prompt, rngs=rngs,
+                                   use_cache=not args.no_cache, **sampling_kwargs(args, tokenizer))
+        labels = [f"sample {i}" for i in range(len(sequences))]
+    print(f"# checkpoint step {step}", file=sys.stderr)
+    for label, row in zip(labels, sequences.tolist()):
+        print(f"--- {label}\n{tokenizer.decode(row)}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    tokenizer = ByteTokenizer()
-    windows = token_windows(tokenizer.encode(load_text(args)), args.seq_len,
-                            bos_token_id=tokenizer.bos_token_id)
-    n_val = max(1, int(len(windows) * args.val_fraction))
-    train_windows, val_windows = windows[:-n_val], windows[-n_val:]
-    print(f"{len(train_windows)} training and {len(val_windows)} validation windows of {args.seq_len} tokens",
-          file=sys.stderr)
-    train = DataLoader({"sequences": train_windows}, args.batch_size, seed=args.seed)
-    val = DataLoader({"sequences": val_windows}, args.batch_size, shuffle=False, last_batch="pad")
-
-    model = TransformerAR(tokenizer.vocab_size, args.seq_len, args.hidden_dim, args.num_layers, args.num_heads,
-                          dropout_rate=args.dropout, position_encoding="rotary" if args.rotary else "learned",
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                          rngs=nnx.Rngs(args.seed))
-    if args.lr is not None:
-        model.learning_rate = args.lr
-    trainer = build_trainer(args)
-    trainer.fit(model, train, val, ckpt_path=args.resume)
-    metrics = trainer.validate(model, val)
-    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return 0
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

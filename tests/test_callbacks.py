@@ -222,3 +222,22 @@ def test_load_callback_errors(tmp_path):
         load_callback(f"{source}:NotOne")
     with pytest.raises(ValueError, match="JSON"):
         load_callback(f"{source}:Mine:{{k}}")
+
+
+def test_sample_generator_logs_quality_metrics(tmp_path):
+    from artrainer.metrics import generation_quality
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    reference = BigramLM(VOCAB, rngs=nnx.Rngs(5))
+    sampler = SampleGenerator(every_n_steps=4, n_samples=8, generate_kwargs={"max_length": 10},
+                              quality_metrics=True, reference_model=reference)
+    trainer = Trainer(max_steps=4, logger=logger, callbacks=[sampler], enable_progress_bar=False,
+                      default_root_dir=str(tmp_path))
+    trainer.fit(sgd_bigram(), loader())
+    logger.close()
+    expected = generation_quality(sampler.last_samples, reference_model=reference)
+    assert set(expected) == {"distinct_1", "distinct_2", "distinct_3", "repetition_rate", "fluency_perplexity"}
+    for name, value in expected.items():
+        assert trainer.callback_metrics[f"samples/{name}"] == pytest.approx(value)
+    _, scalars = read_scalars(logger.log_dir)
+    assert scalars["samples/distinct_2"] == [(4, pytest.approx(expected["distinct_2"]))]

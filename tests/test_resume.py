@@ -137,3 +137,12 @@ def test_missing_last_starts_fresh_with_a_warning(tmp_path):
 def test_bad_ckpt_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(tmp_path, 3, data=shuffled_loader, ckpt_path=tmp_path / "nope")
+
+
+def test_load_weights_for_inference(tmp_path):
+    from artrainer.checkpointing import load_weights
+
+    trainer, model = run(tmp_path, 6, data=shuffled_loader)
+    fresh = BigramLM(VOCAB, dropout_rate=0.3, rngs=nnx.Rngs(42))
+    assert load_weights(fresh, tmp_path / "checkpoints") == 6
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(fresh, nnx.Param), nnx.state(model, nnx.Param))

@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from artrainer.callbacks.base import Callback
+from artrainer.metrics import generation_quality
 
 
 class SampleGenerator(Callback):
@@ -17,10 +18,16 @@ class SampleGenerator(Callback):
     Samples come from the evaluation weights (``trainer.eval_module()``: an EMA callback
     can provide them) and a key derived from the Trainer seed and the step, so they are
     reproducible. Subclass and override ``handle_samples`` to do something else.
+
+    With ``quality_metrics=True`` (token models) it also measures the samples —
+    ``distinct_1/2/3`` and ``repetition_rate``, plus ``fluency_perplexity`` under
+    ``reference_model`` when one is given — and logs them as ``samples/<name>`` next to
+    the samples (they land in ``trainer.callback_metrics`` too).
     """
 
     def __init__(self, every_n_steps: int = 500, n_samples: int = 4, *,
-                 generate_kwargs: Mapping[str, Any] | None = None, on_train_end: bool = True):
+                 generate_kwargs: Mapping[str, Any] | None = None, on_train_end: bool = True,
+                 quality_metrics: bool = False, reference_model=None):
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps!r} must be an int >= 1")
         if not isinstance(n_samples, int) or n_samples < 1:
@@ -28,6 +35,7 @@ class SampleGenerator(Callback):
         self.every_n_steps, self.n_samples = every_n_steps, n_samples
         self.generate_kwargs = dict(generate_kwargs or {})
         self.at_train_end = on_train_end
+        self.quality_metrics, self.reference_model = quality_metrics, reference_model
         self.last_samples = None
         self._last_step = None
 
@@ -54,5 +62,14 @@ class SampleGenerator(Callback):
         self.handle_samples(trainer, module, samples, step)
 
     def handle_samples(self, trainer, module, samples, step: int) -> None:
+        if self.quality_metrics:
+            quality = generation_quality(
+                samples, reference_model=self.reference_model,
+                eos_token_id=self.generate_kwargs.get("eos_token_id"),
+                pad_token_id=getattr(module, "pad_token_id", None))
+            named = {f"samples/{name}": value for name, value in quality.items()}
+            trainer.callback_metrics.update(named)
+            if trainer.logger is not None:
+                trainer.logger.log_metrics(named, step)
         if trainer.logger is not None:
             module.log_samples(samples, trainer.logger, step)

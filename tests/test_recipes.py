@@ -1,0 +1,65 @@
+"""The Transformer recipe end to end: train (with a --callback file), resume, generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+
+import pytest
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "train_transformer.py")
+EMA = os.path.join(os.path.dirname(__file__), "..", "callbacks", "ema.py")
+
+
+def recipe(*argv):
+    """Run the recipe's main() as `python recipes/train_transformer.py ARGV` would."""
+    module = runpy.run_path(RECIPE)
+    return module["main"](list(argv))
+
+
+TINY = ["--corpus-bytes", "30000", "--seq-len", "32", "--hidden-dim", "32", "--num-layers", "1",
+        "--num-heads", "2", "--batch-size", "8", "--log-every", "5", "--no-progress-bar"]
+
+
+def test_train_resume_and_generate(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert recipe(*TINY, "--max-steps", "6", "--ckpt-every", "3", "--out", out, "--tokenizer", "char",
+                  "--callback", f'{EMA}:EMA:{{"decay": 0.9}}', "--sample-every", "3", "--n-samples", "2",
+                  "--max-length", "16") == 0
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["6"]
+    config = json.load(open(os.path.join(out, "model_config.json")))
+    assert config["tokenizer"] == "char" and config["sequence_length"] == 32
+    assert recipe(*TINY, "--max-steps", "9", "--ckpt-every", "3", "--out", out, "--tokenizer", "char",
+                  "--resume", "last") == 0
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["9"]
+    capsys.readouterr()
+    assert recipe("--generate", "--out", out, "--prompt", "def", "--n-samples", "3", "--max-length", "12",
+                  "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9", "--repetition-penalty", "1.2") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("--- sample") == 3 and printed.count("\ndef") == 3
+    assert recipe("--generate", "--out", out, "--max-length", "12", "--beam-size", "2") == 0
+    assert capsys.readouterr().out.count("--- score") == 2
+
+
+def test_generate_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        recipe("--generate", "--out", str(tmp_path))
+
+
+def test_help_lists_every_sampling_flag(capsys):
+    with pytest.raises(SystemExit):
+        recipe("--help")
+    text = capsys.readouterr().out
+    for flag in ("--temperature", "--top-k", "--top-p", "--repetition-penalty", "--beam-size", "--callback",
+                 "--resume", "--precision", "--accumulate"):
+        assert flag in text
+
+
+def test_bad_flags_are_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        recipe("--val-fraction", "1.5")
+    with pytest.raises(ValueError, match="temperature"):
+        recipe(*TINY, "--max-steps", "1", "--out", str(tmp_path), "--sample-every", "1",
+               "--temperature", "-1")
