@@ -88,6 +88,7 @@ class Trainer:
         self.num_training_batches: int | None = None
         self.eval_params = None
         self.resumed_step: int | None = None
+        self._fitting = False
         self._eval_step = None
         self._val_data = None
         self._state: dict[str, Any] | None = None
@@ -107,7 +108,7 @@ class Trainer:
         """
         self._check_fit_args(module, train_data, val_data)
         self._setup(module, train_data)
-        self._val_data = val_data
+        self._val_data, self._fitting = val_data, True
         try:
             self._call("setup", "fit")
             resume = self._restore(ckpt_path) if ckpt_path is not None else (0, False)
@@ -118,6 +119,7 @@ class Trainer:
             self._call("on_exception", exc)
             raise
         finally:
+            self._fitting = False
             self._call("teardown", "fit")
             self.sync_module()
             if self.logger is not None:
@@ -127,8 +129,12 @@ class Trainer:
         """Exact (element-weighted) validation metrics of ``module`` over ``val_data``."""
         if not isinstance(module, ARModule):
             raise TypeError(f"module must be an artrainer.ARModule; got {type(module).__name__}")
+        if self._fitting:  # called from a callback: evaluate the run's current weights
+            return self._validation_loop(val_data)
+        self.sync_module()
+        self._state = None  # outside fit, read the module's own (possibly user-changed) weights
         if self.module is not module:
-            self.module, self._state = module, None
+            self.module = module
             self._hook_table = self._build_hook_table()
         return self._validation_loop(val_data)
 

@@ -330,3 +330,15 @@ def test_trainable_filter_freezes_the_rest(tmp_path):
     assert not np.array_equal(model.out.kernel[...], out_before)
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(trainer.optimizer.opt_state)]
     assert any("out" in p for p in paths) and not any("embed" in p for p in paths)
+
+
+def test_validate_after_fit_reads_the_modules_current_weights(tmp_path):
+    model = bigram()
+    trainer = make_trainer(tmp_path, max_steps=20)
+    val = loader(n=32, seed=4)
+    trainer.fit(model, loader())
+    trained = trainer.validate(model, val)["val/loss"]
+    model.out.kernel[...] = model.out.kernel[...] * 0.0  # the user edits the weights after fit:
+    model.out.bias[...] = model.out.bias[...] * 0.0    # uniform predictions
+    assert trainer.validate(model, val)["val/loss"] == pytest.approx(math.log(VOCAB), rel=1e-3)
+    assert trained < math.log(VOCAB) - 0.3
