@@ -48,11 +48,12 @@ class CheckpointStore:
     def save(self, step: int, state: Any, meta: Mapping[str, Any], score: float | None = None) -> None:
         """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``."""
         # Copy first: the Trainer donates its buffers to the next step while the
-        # asynchronous write may still be reading them.
+        # asynchronous write may still be reading them. The JSON is frozen now too, so
+        # later changes to callback state cannot leak into this checkpoint.
         state = jax.tree.map(lambda x: x.copy(), state)
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(dict(meta))),
+                                          meta=ocp.args.JsonSave(_frozen_json(meta))),
             metrics=None if score is None else {"score": float(score)}, force=True)
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -87,6 +88,20 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _frozen_json(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep, JSON-only copy of ``meta``; a non-JSON value is an error naming its key."""
+    def check(value, path):
+        if isinstance(value, Mapping):
+            return {str(k): check(v, f"{path}/{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [check(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"checkpoint metadata {path!r} holds a {type(value).__name__}; callback "
+                        "state_dict() values must be JSON (numbers, strings, lists, dicts)")
+    return check(meta, "")
 
 
 def split_step_path(path: str | os.PathLike) -> tuple[str, int | None]:

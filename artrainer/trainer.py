@@ -82,6 +82,7 @@ class Trainer:
         self.current_epoch = 0
         self.should_stop = False
         self.callback_metrics: dict[str, float] = {}
+        self._metric_steps: dict[str, int] = {}
         self.module: ARModule | None = None
         self.optimizer: nnx.Optimizer | None = None
         self.train_data: Any = None
@@ -280,8 +281,12 @@ class Trainer:
         if duplicated:
             raise ValueError(f"callbacks share the state_key(s) {duplicated}; give each instance a "
                              "distinct state_key so their checkpoint states cannot collide")
-        # Monitoring callbacks run last so they see what the others logged.
-        return [cb for cb in ordered if not cb.is_monitor] + [cb for cb in ordered if cb.is_monitor]
+        # Monitoring callbacks run last so they see what the others logged, and checkpoints
+        # after every other monitor, so the state they save includes this step's decisions.
+        from artrainer.callbacks import ModelCheckpoint
+        monitors = [cb for cb in ordered if cb.is_monitor]
+        return ([cb for cb in ordered if not cb.is_monitor] + [cb for cb in monitors if not isinstance(cb, ModelCheckpoint)]
+                + [cb for cb in monitors if isinstance(cb, ModelCheckpoint)])
 
     def _build_hook_table(self):
         table = {}
@@ -313,6 +318,9 @@ class Trainer:
         if isinstance(self.val_check_interval, float) and not hasattr(train_data, "__len__"):
             raise ValueError(f"val_check_interval={self.val_check_interval} is a fraction of an epoch, "
                              "but train_data has no len(); pass an int number of steps instead")
+        if isinstance(self.limit_val_batches, float) and val_data is not None and not hasattr(val_data, "__len__"):
+            raise ValueError(f"limit_val_batches={self.limit_val_batches} is a fraction, but val_data has no "
+                             "len(); pass an int number of batches instead")
         if val_data is None and self.val_check_interval is not None:
             warnings.warn("val_check_interval is set but fit() got no val_data; no validation will run",
                           stacklevel=3)
@@ -321,7 +329,7 @@ class Trainer:
         self.module, self.train_data = module, train_data
         self.global_step, self.current_epoch, self.should_stop = 0, 0, False
         self.resumed_step = None
-        self.callback_metrics = {}
+        self.callback_metrics, self._metric_steps = {}, {}
         self.num_training_batches = len(train_data) if hasattr(train_data, "__len__") else None
         self._hook_table = self._build_hook_table()
         tx = module.configure_optimizers()
@@ -355,6 +363,7 @@ class Trainer:
             from artrainer.callbacks import ModelCheckpoint
             owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
             directory = owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+            mode = owner.mode if owner is not None else "min"
             if not os.path.isdir(directory):
                 warnings.warn(f"ckpt_path={ckpt_path!r}: no checkpoints in {directory}; starting from scratch",
                               stacklevel=3)
@@ -362,10 +371,14 @@ class Trainer:
             step = None
         else:
             directory, step = split_step_path(ckpt_path)
-        store = CheckpointStore(directory, read_only=True)
+            mode = "min"
+        store = CheckpointStore(directory, read_only=True, mode=mode)
         try:
             if step is None:
                 step = store.best_step() if ckpt_path == "best" else store.latest_step()
+            if step is None and ckpt_path == "best" and store.steps():
+                raise FileNotFoundError(f"ckpt_path='best': the checkpoints in {directory} carry no monitored "
+                                        "score (ModelCheckpoint had no monitor); use 'last' or a step directory")
             if step is None:
                 warnings.warn(f"ckpt_path={ckpt_path!r}: {directory} holds no complete checkpoint; "
                               "starting from scratch", stacklevel=3)
@@ -419,16 +432,18 @@ class Trainer:
                     break
             else:
                 self._epoch_done = True
-                if val_data is not None and self.val_check_interval is None:
-                    self._validation_loop(val_data)
+            # Stopping on an epoch's last step still completes that epoch.
+            self._epoch_done = self._epoch_done or self._epoch_exhausted()
+            if self._epoch_done and val_data is not None and self.val_check_interval is None:
+                self._validation_loop(val_data)
             self._call("on_train_epoch_end")
             if not self._epoch_done:
                 break
-            self.current_epoch += 1
-            self._epoch_done = False
             if self._batches_in_epoch == 0:
                 raise ValueError("train_data yielded no batches in an epoch; is it an exhausted "
                                  "iterator? Pass a re-iterable (a list, a DataLoader)")
+            self.current_epoch += 1
+            self._batches_in_epoch, self._epoch_done = 0, False
         self._call("on_train_end")
 
     def _finished(self) -> bool:
@@ -438,6 +453,11 @@ class Trainer:
 
     def _reached_max_steps(self) -> bool:
         return self.max_steps is not None and self.global_step >= self.max_steps
+
+    def _epoch_exhausted(self) -> bool:
+        """Whether this epoch has no full step left (known only for sized train_data)."""
+        remaining = None if self.num_training_batches is None else self.num_training_batches - self._batches_in_epoch
+        return remaining is not None and remaining < self.accumulate_grad_batches
 
     def _step_batches(self, batches):
         """Yield one step's input: a batch, or ``accumulate_grad_batches`` stacked."""
@@ -495,7 +515,7 @@ class Trainer:
         lr = self.current_lr()
         if lr is not None:
             metrics["lr"] = lr
-        self.callback_metrics.update(metrics)
+        self._set_metrics(metrics)
         self._sums = jax.tree.map(jnp.zeros_like, self._sums)
         self._last_log_time, self._last_log_step = now, self.global_step
         self._logged_at = self.global_step
@@ -509,30 +529,54 @@ class Trainer:
             return (self._batches_in_epoch // self.accumulate_grad_batches) % every == 0
         return self.global_step % interval == 0
 
-    def _validation_loop(self, val_data) -> dict[str, float]:
+    def _val_limit(self, val_data) -> int | None:
         limit = self.limit_val_batches
         if isinstance(limit, float):
-            if not hasattr(val_data, "__len__"):
-                raise ValueError(f"limit_val_batches={limit} is a fraction, but val_data has no len()")
             limit = max(1, int(limit * len(val_data))) if limit > 0 else 0
+        return limit
+
+    def _validation_loop(self, val_data) -> dict[str, float]:
+        """One pass over ``val_data`` (at most ``limit_val_batches``), element-weighted.
+
+        A resumable loader is put back where it was, so every validation sees the same
+        batches, whether it stopped early at the limit or ran a whole pass.
+        """
+        limit = self._val_limit(val_data)
+        if limit == 0:
+            return {}
         self._call("on_validation_start")
+        position = val_data.state_dict() if hasattr(val_data, "load_state_dict") else None
         model_state = self.eval_model_state()
         checker = _BatchChecker("val_data", self.module.input_key)
         eval_step = self._eval_step_for(self.module)
         sums = None
-        for index, batch in enumerate(val_data):
-            if limit is not None and index >= limit:
-                break
-            checker.check(batch)
-            if sums is None:
-                shapes = compiled_step.eval_metric_shapes(self._model_def_of(self.module), model_state,
-                                                          batch, self.seed)
-                sums = MetricSums.zeros(shapes)
-            sums = eval_step(model_state, sums, batch, index)
-        metrics = MetricSums.compute(sums) if sums is not None else {}
-        self.callback_metrics.update({f"val/{k}": v for k, v in metrics.items()})
+        batches = iter(val_data)
+        try:
+            for index, batch in zip(range(limit) if limit is not None else itertools.count(), batches):
+                checker.check(batch)
+                if sums is None:
+                    shapes = compiled_step.eval_metric_shapes(self._model_def_of(self.module), model_state,
+                                                              batch, self.seed)
+                    sums = MetricSums.zeros(shapes)
+                sums = eval_step(model_state, sums, batch, index)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+            if position is not None:
+                val_data.load_state_dict(position)
+        metrics = {f"val/{k}": v for k, v in (MetricSums.compute(sums) if sums is not None else {}).items()}
+        self._set_metrics(metrics)
         self._call("on_validation_end")
-        return {f"val/{k}": v for k, v in metrics.items()}
+        return metrics
+
+    def _set_metrics(self, metrics: Mapping[str, float]) -> None:
+        self.callback_metrics.update(metrics)
+        self._metric_steps.update(dict.fromkeys(metrics, self.global_step))
+
+    def metric_is_fresh(self, key: str) -> bool:
+        """Whether ``callback_metrics[key]`` was computed at this step (keys the Trainer does
+        not compute, set by callbacks, count as fresh)."""
+        return key in self.callback_metrics and self._metric_steps.get(key, self.global_step) == self.global_step
 
     def _model_def_of(self, module):
         return self._model_def if self._state is not None else nnx.graphdef(module)

@@ -146,3 +146,40 @@ def test_load_weights_for_inference(tmp_path):
     fresh = BigramLM(VOCAB, dropout_rate=0.3, rngs=nnx.Rngs(42))
     assert load_weights(fresh, tmp_path / "checkpoints") == 6
     jax.tree.map(np.testing.assert_array_equal, nnx.state(fresh, nnx.Param), nnx.state(model, nnx.Param))
+
+
+def test_resume_a_finished_run_for_more_epochs(tmp_path):
+    """The final save (on_train_end, off the every-n grid) resumes at the next epoch's start."""
+    full, _ = run(tmp_path / "full", None, data=shuffled_loader, max_epochs=3, every_n_steps=5, val=VAL)
+    run(tmp_path / "part", None, data=shuffled_loader, max_epochs=2, every_n_steps=5, val=VAL)
+    resumed, _ = run(tmp_path / "part", None, data=shuffled_loader, max_epochs=3, every_n_steps=5, val=VAL,
+                     ckpt_path="last")
+    assert resumed.resumed_step == 24 and resumed.global_step == 36
+    assert_same_run(full, resumed)
+
+
+def test_best_follows_the_monitor_mode(tmp_path):
+    scores = {2: 0.5, 4: 0.9, 6: 0.7}
+
+    class FakeAccuracy(Callback):
+        uses_module = False
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            trainer.callback_metrics["acc"] = scores.get(trainer.global_step, 0.0)
+
+    def trainer_with(max_steps):
+        return Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                       callbacks=[FakeAccuracy(), ModelCheckpoint(every_n_steps=2, monitor="acc", mode="max",
+                                                                  save_top_k=1, save_last=False)])
+
+    trainer_with(6).fit(BigramLM(VOCAB, rngs=nnx.Rngs(0)), shuffled_loader())
+    again = trainer_with(6)
+    again.fit(BigramLM(VOCAB, rngs=nnx.Rngs(0)), shuffled_loader(), ckpt_path="best")
+    assert again.resumed_step == 4
+
+
+def test_without_monitor_only_the_latest_is_kept(tmp_path):
+    trainer = Trainer(max_steps=9, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                      callbacks=[ModelCheckpoint(every_n_steps=3, save_last=False)])
+    trainer.fit(BigramLM(VOCAB, rngs=nnx.Rngs(0)), shuffled_loader())
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [9]

@@ -342,3 +342,26 @@ def test_validate_after_fit_reads_the_modules_current_weights(tmp_path):
     model.out.bias[...] = model.out.bias[...] * 0.0    # uniform predictions
     assert trainer.validate(model, val)["val/loss"] == pytest.approx(math.log(VOCAB), rel=1e-3)
     assert trained < math.log(VOCAB) - 0.3
+
+
+def test_every_validation_sees_the_same_batches(tmp_path):
+    """A limited pass over a resumable loader puts it back: validations stay comparable."""
+    model = bigram()
+    val = DataLoader({"sequences": cyclic_sequences(96, 10, VOCAB, seed=8)}, 16, shuffle=False)
+    trainer = make_trainer(tmp_path, limit_val_batches=2)
+    assert trainer.validate(model, val) == trainer.validate(model, val)
+    assert val.state_dict()["batches_yielded"] == 0
+
+
+def test_stopping_on_an_epochs_last_step_still_validates_it(tmp_path):
+    seen = []
+
+    class Watch(Callback):
+        uses_module = False
+
+        def on_validation_end(self, trainer, module):
+            seen.append(trainer.global_step)
+
+    trainer = make_trainer(tmp_path, max_steps=8, callbacks=[Watch()])  # 4 steps per epoch
+    trainer.fit(bigram(), loader(n=64), loader(n=32, seed=2))
+    assert seen == [4, 8] and trainer.current_epoch == 2

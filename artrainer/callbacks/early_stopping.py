@@ -49,6 +49,9 @@ class EarlyStopping(Callback):
         self.best_score = state["best_score"]
         self.stopped_step, self.stopping_reason = state["stopped_step"], state["stopping_reason"]
 
+    def setup(self, trainer, module, stage):
+        self.wait_count, self.best_score, self.stopped_step, self.stopping_reason = 0, None, None, None
+
     def _better(self, value: float, reference: float, margin: float = 0.0) -> bool:
         return value < reference - margin if self.mode == "min" else value > reference + margin
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from artrainer.callbacks.base import Callback
@@ -50,15 +51,20 @@ class LRWarmup(Callback):
         return optax.chain(tx, optax.scale_by_schedule(self.lr_scale))
 
     def lr_scale(self, step):
-        """The factor applied to update ``step`` (0-based); works on ints and traced arrays."""
-        step = jnp.asarray(step, jnp.float32)
+        """The factor applied to update ``step`` (0-based).
+
+        Traced arrays (inside the compiled step) use jnp; a host int uses numpy, so the
+        Trainer can report the rate every step without touching the device.
+        """
+        xp = np if isinstance(step, (int, np.integer)) else jnp
+        step = xp.asarray(step, xp.float32)
         warmup = (step + 1.0) / self.warmup_steps
         if self.decay == "constant":
-            after = jnp.ones_like(step)
+            after = xp.ones_like(step)
         elif self.decay == "inverse_sqrt":
-            after = jnp.sqrt(self.warmup_steps / (step + 1.0))
+            after = xp.sqrt(self.warmup_steps / (step + 1.0))
         else:
-            progress = jnp.clip((step + 1.0 - self.warmup_steps) / (self.decay_steps - self.warmup_steps), 0.0, 1.0)
-            shape = 0.5 * (1.0 + jnp.cos(jnp.pi * progress)) if self.decay == "cosine" else 1.0 - progress
+            progress = xp.clip((step + 1.0 - self.warmup_steps) / (self.decay_steps - self.warmup_steps), 0.0, 1.0)
+            shape = 0.5 * (1.0 + xp.cos(xp.pi * progress)) if self.decay == "cosine" else 1.0 - progress
             after = self.min_ratio + (1.0 - self.min_ratio) * shape
-        return jnp.where(step + 1.0 < self.warmup_steps, warmup, after)
+        return xp.where(step + 1.0 < self.warmup_steps, warmup, after)

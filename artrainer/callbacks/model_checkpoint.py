@@ -84,21 +84,22 @@ class ModelCheckpoint(Callback):
             raise OSError(f"ModelCheckpoint cannot create its directory {directory}: {exc}") from exc
         if not os.access(directory, os.W_OK):
             raise PermissionError(f"ModelCheckpoint directory {directory} is not writable")
+        self.best_k_models, self.last_saved_step, self._pending = {}, None, False  # per fit; resume reloads
         keep_all = self.save_top_k == -1
         self._store = CheckpointStore(
-            directory, keep_last=self.save_last,
+            directory, keep_last=self.save_last or self.monitor is None,
             top_k=-1 if keep_all else (self.save_top_k if self.monitor else 0),
             mode=self.mode, scored=self.monitor is not None, async_save=self.async_save)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            if self.monitor and trainer.validation_due:
-                self._pending = True  # save after this step's validation, with a fresh score
+            if trainer.validation_due:
+                self._pending = True  # save after this step's validation: fresh score, complete state
             else:
                 self.save(trainer)
 
     def on_validation_end(self, trainer, module):
-        if self.monitor and trainer.global_step > 0 and (self._pending or not self.every_n_steps):
+        if trainer.global_step > 0 and (self._pending or (self.monitor and not self.every_n_steps)):
             self.save(trainer)
         self._pending = False
 
@@ -118,34 +119,40 @@ class ModelCheckpoint(Callback):
 
     # -- saving -----------------------------------------------------------------
     def save(self, trainer) -> None:
-        """Save the run at ``trainer.global_step`` (once per step)."""
+        """Save the run at ``trainer.global_step`` (once per step).
+
+        A monitored score is attached only when it was computed at this step, so a
+        checkpoint never ranks by an older validation's number.
+        """
         step = trainer.global_step
         if self._store is None or step in (self.last_saved_step, trainer.resumed_step):
             return
+        score = None
+        if self.monitor is not None:
+            if not trainer.metric_is_fresh(self.monitor):
+                warnings.warn(f"ModelCheckpoint(monitor={self.monitor!r}): no value computed at step {step}; "
+                              "saving without a score", stacklevel=2)
+            elif math.isfinite(trainer.callback_metrics[self.monitor]):
+                score = float(trainer.callback_metrics[self.monitor])
         arrays, meta = trainer.checkpoint()
         if step in self._store.steps():
             warnings.warn(f"ModelCheckpoint: replacing the checkpoint of step {step} in "
                           f"{self._store.directory}, left by an earlier run that went further", stacklevel=2)
             self._store.delete(step)
             self.best_k_models.pop(step, None)
-        score = None
-        if self.monitor is not None:
-            score = trainer.callback_metrics.get(self.monitor)
-            if score is None:
-                warnings.warn(f"ModelCheckpoint(monitor={self.monitor!r}): metric not logged yet at "
-                              f"step {step}; saving without a score", stacklevel=2)
-            elif not math.isfinite(score):
-                score = None
-        self._store.save(step, arrays, meta, score)
         self.last_saved_step = step
         if score is not None:
-            self.best_k_models[step] = float(score)
+            self.best_k_models[step] = score
             if self.save_top_k > 0 and len(self.best_k_models) > self.save_top_k:
                 worst = (max if self.mode == "min" else min)(self.best_k_models, key=self.best_k_models.get)
                 del self.best_k_models[worst]
+        meta["callbacks"][self.state_key] = self.state_dict()  # including this very save
+        self._store.save(step, arrays, meta, score)
 
     def _close(self) -> None:
-        if self._store is not None:
-            self._store.wait()
-            self._store.close()
-            self._store = None
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.wait()
+            finally:
+                store.close()

@@ -25,6 +25,8 @@ class SampleGenerator(Callback):
     the samples (they land in ``trainer.callback_metrics`` too).
     """
 
+    uses_module = False  # sample() fetches an up-to-date module itself, only when it samples
+
     def __init__(self, every_n_steps: int = 500, n_samples: int = 4, *,
                  generate_kwargs: Mapping[str, Any] | None = None, on_train_end: bool = True,
                  quality_metrics: bool = False, reference_model=None):
