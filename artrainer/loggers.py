@@ -121,16 +121,7 @@ class TensorBoardLogger:
         clipped. One grid per step keeps the Images tab to a single card per
         tag instead of N. ``ncol`` defaults to ``ceil(sqrt(N))``.
         """
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
-            raise ValueError(
-                f"log_images expects a non-empty [N, H, W, C] batch with C in (1, 3), "
-                f"got shape {images.shape}"
-            )
-        if ncol is not None and ncol < 1:
-            raise ValueError(f"ncol must be positive, got {ncol}")
-        grid = _tile(_to_uint8(images), ncol or math.ceil(math.sqrt(len(images))))
-        self.writer.add_image(tag, grid, step, dataformats="HWC")
+        self.writer.add_image(tag, image_grid(images, ncol=ncol), step, dataformats="HWC")
 
     def log_audio(self, tag: str, waveform: Any, step: int, *, sample_rate: int) -> None:
         """Logs a mono waveform ``[T]``, or a batch ``[N, T]`` as ``{tag}/{i}``.
@@ -180,6 +171,21 @@ def _hparam_value(value: Any) -> int | float | str | bool:
     if isinstance(value, np.generic):
         value = value.item()
     return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def image_grid(images: Any, *, ncol: int | None = None) -> np.ndarray:
+    """Tile a batch ``[N, H, W, C]`` (C = 1 or 3) into one uint8 ``[H', W', C]`` grid.
+
+    Integer images are read as 0..255, float images as 0..1 (both clipped); tiles are
+    laid out row-major, ``ncol`` (default ``ceil(sqrt(N))``) per row, with 1-pixel
+    separators. Shared by the logger, the sample writer and the recipes.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty [N, H, W, C] batch with C in (1, 3), got shape {images.shape}")
+    if ncol is not None and ncol < 1:
+        raise ValueError(f"ncol must be positive, got {ncol}")
+    return _tile(_to_uint8(images), ncol or math.ceil(math.sqrt(len(images))))
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping
 
@@ -10,6 +9,8 @@ import jax
 import numpy as np
 import soundfile
 from PIL import Image
+
+from artrainer.loggers import image_grid
 
 from artrainer.callbacks import SampleGenerator
 
@@ -60,23 +61,9 @@ class SampleWriter(SampleGenerator):
             text = "".join(line.replace("\n", "\\n") + "\n" for line in lines)
             _write_atomic(f"{stem}.txt", lambda f: f.write(text.encode()))
         elif samples.ndim == 4 and samples.shape[-1] in (1, 3):
-            grid = _grid(samples)
+            grid = image_grid(samples)
             image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
             _write_atomic(f"{stem}.png", lambda f: image.save(f, format="PNG"))
-
-
-def _grid(images: np.ndarray) -> np.ndarray:
-    """[N, H, W, C] -> a near-square [rows * H, cols * W, C] uint8 tiling, blank cells black."""
-    if np.issubdtype(images.dtype, np.integer):
-        images = np.clip(images, 0, 255).astype(np.uint8)
-    else:
-        images = np.round(np.clip(images.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    cells = np.zeros((rows * cols, h, w, c), np.uint8)
-    cells[:n] = images
-    return cells.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
 def _write_atomic(path: str, write) -> None:

@@ -160,9 +160,9 @@ def test_sample_writer_text_images_and_audio(tmp_path):
     rgb = np.random.default_rng(0).random((5, 4, 6, 3), np.float32)
     writer.handle_samples(fake_trainer, image_model, rgb, 2)
     grid = np.asarray(Image.open(tmp_path / "out" / "step_00000002.png"))
-    assert grid.shape == (8, 18, 3)  # 5 images on a 2 x 3 grid
-    np.testing.assert_array_equal(grid[4:8, 6:12], np.round(rgb[4] * 255).astype(np.uint8))
-    np.testing.assert_array_equal(grid[4:8, 12:18], 0)
+    assert grid.shape == (9, 20, 3)  # 5 images on a 2 x 3 grid, 1-pixel separators
+    np.testing.assert_array_equal(grid[5:9, 7:13], np.round(rgb[4] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(grid[5:9, 14:20], 255)  # the empty cell stays separator-white
     writer.handle_samples(fake_trainer, image_model, np.full((1, 2, 3, 1), 7, np.int32), 3)
     assert np.asarray(Image.open(tmp_path / "out" / "step_00000003.png")).tolist() == [[7] * 3] * 2
 
