@@ -137,7 +137,7 @@ def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, see
                 (batch, jnp.arange(accumulate)))
             grads = jax.tree.map(lambda g: g / accumulate, grads)
             loss = loss / accumulate
-            metrics = jax.tree.map(lambda m: m[-1], per_micro)
+            metrics = jax.tree.map(lambda m: m.mean(axis=0), per_micro)
 
         grad_norm = optax.tree.norm(grads)
         nnx.update(module, rest)

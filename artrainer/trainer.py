@@ -91,6 +91,7 @@ class Trainer:
         self.resumed_step: int | None = None
         self._fitting = False
         self._eval_step = None
+        self._eval_keys = None
         self._val_data = None
         self._state: dict[str, Any] | None = None
         self._health = None
@@ -555,9 +556,7 @@ class Trainer:
             for index, batch in zip(range(limit) if limit is not None else itertools.count(), batches):
                 checker.check(batch)
                 if sums is None:
-                    shapes = compiled_step.eval_metric_shapes(self._model_def_of(self.module), model_state,
-                                                              batch, self.seed)
-                    sums = MetricSums.zeros(shapes)
+                    sums = MetricSums.zeros(self._eval_metric_keys(model_state, batch))
                 sums = eval_step(model_state, sums, batch, index)
         finally:
             if hasattr(batches, "close"):
@@ -577,6 +576,13 @@ class Trainer:
         """Whether ``callback_metrics[key]`` was computed at this step (keys the Trainer does
         not compute, set by callbacks, count as fresh)."""
         return key in self.callback_metrics and self._metric_steps.get(key, self.global_step) == self.global_step
+
+    def _eval_metric_keys(self, model_state, batch):
+        """validation_step's metric keys, traced abstractly once per module."""
+        if self._eval_keys is None or self._eval_keys[0] is not self.module:
+            shapes = compiled_step.eval_metric_shapes(self._model_def_of(self.module), model_state, batch, self.seed)
+            self._eval_keys = (self.module, tuple(shapes))
+        return self._eval_keys[1]
 
     def _model_def_of(self, module):
         return self._model_def if self._state is not None else nnx.graphdef(module)
