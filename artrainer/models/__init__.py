@@ -1,5 +1,6 @@
 """Model zoo: ARModule subclasses the Trainer runs as-is."""
 
+from artrainer.models.pixelcnn import PixelCNN
 from artrainer.models.transformer import PrefixParam, PrefixTunedTransformer, TransformerAR
 
-__all__ = ["PrefixParam", "PrefixTunedTransformer", "TransformerAR"]
+__all__ = ["PixelCNN", "PrefixParam", "PrefixTunedTransformer", "TransformerAR"]
