@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 from artrainer.callbacks import GradientClipping, LRWarmup, ModelCheckpoint, load_callback
 from artrainer.trainer import PRECISIONS, Trainer
@@ -48,3 +50,32 @@ def build_trainer(args: argparse.Namespace, extra_callbacks=()) -> Trainer:
                    limit_val_batches=args.limit_val_batches, accumulate_grad_batches=args.accumulate,
                    precision=args.precision, seed=args.seed, default_root_dir=args.out,
                    enable_progress_bar=not args.no_progress_bar)
+
+
+def fit_and_report(args: argparse.Namespace, model, train_data, val_data, extra_callbacks=()) -> int:
+    """Fit ``model`` with the flags' Trainer (resuming from ``--resume``), then print exact val metrics."""
+    if args.lr is not None:
+        model.learning_rate = args.lr
+    trainer = build_trainer(args, extra_callbacks)
+    trainer.fit(model, train_data, val_data, ckpt_path=args.resume)
+    metrics = trainer.validate(model, val_data)
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+RUN_CONFIG = "model_config.json"
+
+
+def write_run_config(out: str, config: dict) -> None:
+    """The model's constructor config, next to its checkpoints, for the sampling modes."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, RUN_CONFIG), "w") as file:
+        json.dump(config, file, indent=2)
+
+
+def read_run_config(out: str) -> dict:
+    path = os.path.join(out, RUN_CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sampling needs a trained run in --out {out!r}: no {path}")
+    with open(path) as file:
+        return json.load(file)

@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 
+from timing import timed  # bench/timing.py (bench/ is on sys.path when run as a script)
+
 from artrainer.models import TransformerAR
 
 CONFIG = dict(vocab_size=259, hidden_dim=128, num_layers=4, num_heads=4)  # nanoGPT's "baby GPT" width
-
-
-def timed(fn, repeats: int) -> tuple[float, jax.Array]:
-    result = jax.block_until_ready(fn())  # compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> None:

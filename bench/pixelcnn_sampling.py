@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from timing import timed  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from artrainer.models import PixelCNN
 
@@ -36,16 +36,6 @@ def python_loop(model: PixelCNN, n_samples: int) -> np.ndarray:
                 logits = forward(canvas)[:, row, col, channel]
                 canvas = canvas.at[:, row, col, channel].set(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     return np.asarray(canvas)
-
-
-def timed(fn, repeats: int):
-    result = jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> None:

@@ -17,14 +17,14 @@ import json
 import os
 import platform
 import runpy
-import statistics
 import sys
-import time
 
 import jax
 from flax import nnx
 
 from artrainer.checkpointing import load_weights
+from timing import timed  # bench/timing.py (bench/ is on sys.path when run as a script)
+
 from artrainer.models import TransformerAR
 from artrainer.sampling.speculative import speculative_sampling
 
@@ -53,16 +53,6 @@ def load(out: str) -> TransformerAR:
                           bos_token_id=config["bos_token_id"], rngs=nnx.Rngs(0))
     load_weights(model, os.path.join(out, "checkpoints"))
     return model
-
-
-def timed(fn, repeats: int):
-    jax.block_until_ready(fn())
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def block_parameters(model: TransformerAR) -> int:

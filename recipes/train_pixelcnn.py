@@ -24,7 +24,7 @@ from PIL import Image
 
 from artrainer.callbacks import load_callback
 from artrainer.checkpointing import load_weights
-from artrainer.cli import add_trainer_arguments, build_trainer
+from artrainer.cli import add_trainer_arguments, fit_and_report, read_run_config, write_run_config
 from artrainer.data import DataLoader
 from artrainer.loggers import image_grid
 from artrainer.data.images import (from_hf_dataset, load_image_folder, load_mnist, load_npz,
@@ -103,31 +103,19 @@ def train(args) -> int:
               "hidden_channels": args.hidden_channels, "num_residual_blocks": args.num_residual_blocks,
               "kernel_size": args.kernel_size, "gated": args.gated, "output": args.output,
               "num_mixtures": args.num_mixtures, "num_classes": num_classes}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "model_config.json"), "w") as file:
-        json.dump(config, file, indent=2)
+    write_run_config(args.out, config)
     keep = ["images"] + (["labels"] if num_classes else [])
     train_loader = DataLoader({k: train_data[k] for k in keep}, args.batch_size, seed=args.seed)
     val_loader = DataLoader({k: val_data[k] for k in keep}, args.batch_size, shuffle=False, last_batch="pad")
     model = build_model(config, args.seed)
-    if args.lr is not None:
-        model.learning_rate = args.lr
     writer_kwargs = {"every_n_steps": args.sample_every, "n_samples": args.n_samples,
                      "generate_kwargs": {"temperature": args.temperature}}
     writer = load_callback(f"{SAMPLE_WRITER}:SampleWriter:{json.dumps(writer_kwargs)}")
-    trainer = build_trainer(args, [writer])
-    trainer.fit(model, train_loader, val_loader, ckpt_path=args.resume)
-    metrics = trainer.validate(model, val_loader)
-    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return 0
+    return fit_and_report(args, model, train_loader, val_loader, [writer])
 
 
 def sample(args) -> int:
-    config_path = os.path.join(args.out, "model_config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"sampling needs a trained run in --out {args.out!r}: no {config_path}")
-    with open(config_path) as file:
-        config = json.load(file)
+    config = read_run_config(args.out)
     model = build_model(config, args.seed)
     step = load_weights(model, os.path.join(args.out, "checkpoints"))
     rngs = nnx.Rngs(sample=args.seed)

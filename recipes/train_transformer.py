@@ -16,7 +16,6 @@ which is what --generate reads back.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ from flax import nnx
 
 from artrainer.callbacks import SampleGenerator
 from artrainer.checkpointing import load_weights
-from artrainer.cli import add_trainer_arguments, build_trainer
+from artrainer.cli import add_trainer_arguments, fit_and_report, read_run_config, write_run_config
 from artrainer.data import DataLoader
 from artrainer.data.text import (BPETokenizer, ByteTokenizer, CharTokenizer, load_text_dataset,
                                  read_text_files, stdlib_corpus, token_windows)
@@ -122,33 +121,20 @@ def train(args) -> int:
               "hidden_dim": args.hidden_dim, "num_layers": args.num_layers, "num_heads": args.num_heads,
               "dropout_rate": args.dropout, "position_encoding": "rotary" if args.rotary else "learned",
               "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
-    os.makedirs(args.out, exist_ok=True)
+    write_run_config(args.out, config)
     tokenizer.save(os.path.join(args.out, "tokenizer.json"))
-    with open(os.path.join(args.out, "model_config.json"), "w") as file:
-        json.dump(config, file, indent=2)
-
     model = build_model(config, args.seed)
     model.tokenizer = tokenizer  # log_samples decodes with it
-    if args.lr is not None:
-        model.learning_rate = args.lr
     extra = []
     if args.sample_every:
         extra.append(SampleGenerator(args.sample_every, args.n_samples, quality_metrics=True,
                                      generate_kwargs={"max_length": args.max_length or args.seq_len,
                                                       **sampling_kwargs(args, tokenizer)}))
-    trainer = build_trainer(args, extra)
-    trainer.fit(model, train_data, val_data, ckpt_path=args.resume)
-    metrics = trainer.validate(model, val_data)
-    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-    return 0
+    return fit_and_report(args, model, train_data, val_data, extra)
 
 
 def generate(args) -> int:
-    config_path = os.path.join(args.out, "model_config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"--generate needs a trained run in --out {args.out!r}: no {config_path}")
-    with open(config_path) as file:
-        config = json.load(file)
+    config = read_run_config(args.out)
     tokenizer = TOKENIZERS[config["tokenizer"]].load(os.path.join(args.out, "tokenizer.json"))
     model = build_model(config, args.seed)
     step = load_weights(model, args.checkpoint or os.path.join(args.out, "checkpoints"))
