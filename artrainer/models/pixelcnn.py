@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from artrainer.data.images import check_images
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count
@@ -461,16 +462,9 @@ class PixelCNN(ARModule):
     def _host_images(self, images, name: str) -> np.ndarray:
         """``images`` ([H, W, C] or [n, H, W, C] ints in [0, 255]) as int32 ``[n, H, W, C]``."""
         array = np.asarray(images)
-        if array.dtype.kind not in "iu":
-            raise ValueError(f"{name} must hold integer pixel values in [0, 255]; got dtype {array.dtype}")
-        if array.ndim == 3:
-            array = array[None]
-        if array.ndim != 4 or array.shape[1:] != self.image_shape or not len(array):
-            raise ValueError(f"{name} must have shape {self.image_shape} or [n, "
-                             f"{', '.join(map(str, self.image_shape))}]; got shape {np.shape(images)}")
-        if array.min() < 0 or array.max() > NUM_VALUES - 1:
-            bad = array[(array < 0) | (array > NUM_VALUES - 1)][0]
-            raise ValueError(f"{name} must hold values in [0, 255]; got {bad}")
+        height, width, channels = self.image_shape
+        array = check_images(array[None] if array.ndim == 3 else array, name=name, channels=channels,
+                             size=(height, width))
         return array.astype(np.int32)
 
 
