@@ -37,15 +37,20 @@ class ARModule(nnx.Module):
     def training_step(self, batch: Mapping[str, jax.Array],
                       rngs: nnx.Rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
         """One forward pass in training mode; returns ``(loss, metrics)``."""
-        outputs = self(batch[self.input_key], rngs=rngs, training=True)
+        outputs = self(batch[self.input_key], rngs=rngs, training=True, **self.forward_kwargs(batch))
         metrics = self.loss_fn(batch, outputs, rngs=rngs)
         return metrics["loss"], metrics
 
     def validation_step(self, batch: Mapping[str, jax.Array],
                         rngs: nnx.Rngs) -> dict[str, jax.Array]:
         """One forward pass in evaluation mode; returns the metrics dict."""
-        outputs = self(batch[self.input_key], rngs=rngs, training=False)
+        outputs = self(batch[self.input_key], rngs=rngs, training=False, **self.forward_kwargs(batch))
         return self.loss_fn(batch, outputs, rngs=rngs)
+
+    def forward_kwargs(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Keyword arguments of ``__call__`` the steps take from the batch besides the input:
+        none here; class-conditional models pass ``labels``."""
+        return {}
 
     def configure_optimizers(self) -> optax.GradientTransformation:
         """AdamW at ``learning_rate`` / ``weight_decay``; callbacks may wrap it further."""

@@ -19,29 +19,15 @@ import time
 import jax
 from flax import nnx
 
-from artrainer import Callback, Trainer
+from timing import TimeBudget  # bench/timing.py (bench/ is on sys.path when run as a script)
+
+from artrainer import Trainer
 from artrainer.callbacks import LRWarmup
 from artrainer.data import DataLoader
 from artrainer.data.images import load_mnist, split_train_val
 from artrainer.models import PixelCNN
 
 MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "mnist")
-
-
-class TimeBudget(Callback):
-    """Stop training once ``seconds`` of wall time have passed since fit started."""
-
-    uses_module = False
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_train_start(self, trainer, module):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if time.perf_counter() - self.start >= self.seconds:
-            trainer.should_stop = True
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Timing shared by the benchmarks: a compiling warm-up, then the median of timed runs."""
+"""Timing shared by the benchmarks: medians of timed runs after a compiling warm-up, and a
+wall-time budget for training runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import statistics
 import time
 
 import jax
+
+from artrainer import Callback
 
 
 def timed(fn, repeats: int):
@@ -17,3 +20,19 @@ def timed(fn, repeats: int):
         result = jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+class TimeBudget(Callback):
+    """Stop training once ``seconds`` of wall time have passed since training started."""
+
+    uses_module = False
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_start(self, trainer, module):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if time.perf_counter() - self.start >= self.seconds:
+            trainer.should_stop = True

@@ -22,7 +22,8 @@ class SampleWriter(SampleGenerator):
     ``step_<step:08d>.npy`` (the raw array) plus a form a person can open:
 
     - rank 2 [N, T] and the module has ``sample_rate``: ``step_<step>_<i>.wav`` per
-      sample (floats are clipped to [-1, 1]; int16/int32 are PCM as they are);
+      sample, after ``module.to_audio`` when the module has it (WaveNet's mu-law codes to
+      float audio); floats are clipped to [-1, 1], int16/int32 are PCM as they are;
     - otherwise rank 2 integer token ids: ``step_<step>.txt``, one sample per line,
       ``module.decode(ids)`` when the module has it, else space-separated ids;
     - rank 4 [N, H, W, C] with C in {1, 3}: ``step_<step>.png``, one grid of all
@@ -50,7 +51,8 @@ class SampleWriter(SampleGenerator):
         stem = os.path.join(self._directory, f"step_{step:08d}")
         _write_atomic(f"{stem}.npy", lambda f: np.save(f, samples))
         if samples.ndim == 2 and hasattr(module, "sample_rate"):
-            for i, clip in enumerate(samples):
+            audio = module.to_audio(samples) if callable(getattr(module, "to_audio", None)) else samples
+            for i, clip in enumerate(audio):
                 if np.issubdtype(clip.dtype, np.floating):
                     clip = np.clip(clip.astype(np.float32), -1.0, 1.0)
                 _write_atomic(f"{stem}_{i}.wav",

@@ -58,7 +58,7 @@ def test_defaults_and_hparams_are_json():
     assert json.loads(json.dumps(model.hparams)) == {
         "vocab_size": VOCAB, "sequence_length": LENGTH, "hidden_dim": 16, "num_layers": 2,
         "num_heads": 2, "feedforward_dim": 64, "dropout_rate": 0.0, "position_encoding": "learned",
-        "tie_embeddings": False, "pad_token_id": None, "bos_token_id": None}
+        "tie_embeddings": False, "pad_token_id": None, "bos_token_id": None, "remat": False}
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -169,6 +169,13 @@ def test_bad_inputs_raise_eagerly_and_under_jit(x, match):
         model(x)
     with pytest.raises(ValueError, match=match):
         nnx.jit(lambda m, x: m(x))(model, x)
+
+
+@pytest.mark.parametrize("value", [VOCAB, -3])
+def test_out_of_vocabulary_ids_are_refused(value):
+    """Eagerly (a traced batch cannot be read; the data loaders check ids on the host)."""
+    with pytest.raises(ValueError, match=f"token ids in \\[0, {VOCAB}\\); got {value}"):
+        make()(jnp.full((2, LENGTH), value))
 
 
 # ---------------------------------------------------------------------------------- loss

@@ -32,6 +32,8 @@ from jax import lax
 
 from artrainer.data.images import check_images
 from artrainer.metrics import categorical_metrics, element_weights
+from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
+from artrainer.models.inputs import check_int_values
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
@@ -285,7 +287,7 @@ class PixelCNN(ARModule):
         self._check_images(images)
         if labels is not None:
             labels = jnp.asarray(labels)
-            self._check_labels(labels, images.shape[0])
+            check_class_labels(labels, self._label_count, images.shape[0])
         return {"logits": self.logits_from_float(scale_images(images), labels=labels)}
 
     def logits_from_float(self, x: jax.Array, *, labels: jax.Array | None = None) -> jax.Array:
@@ -326,24 +328,8 @@ class PixelCNN(ARModule):
         return out
 
     # -- training ------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, jax.Array], rngs: nnx.Rngs):
-        outputs = self(batch[self.input_key], rngs=rngs, training=True, labels=self._batch_labels(batch))
-        metrics = self.loss_fn(batch, outputs, rngs=rngs)
-        return metrics["loss"], metrics
-
-    def validation_step(self, batch: Mapping[str, jax.Array], rngs: nnx.Rngs):
-        outputs = self(batch[self.input_key], rngs=rngs, training=False, labels=self._batch_labels(batch))
-        return self.loss_fn(batch, outputs, rngs=rngs)
-
-    def _batch_labels(self, batch: Mapping[str, jax.Array]) -> jax.Array | None:
-        """The batch's labels for a conditional model; an unconditional one ignores them, so
-        it trains on labelled data sets as they come."""
-        if not self.conditional:
-            return None
-        if "labels" not in batch:
-            raise ValueError(f"a class-conditional PixelCNN (num_classes={self.num_classes}) trains on "
-                             f"batches with 'labels'; this batch has only {sorted(batch)}")
-        return batch["labels"]
+    def forward_kwargs(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return batch_class_labels(batch, self._label_count, "PixelCNN")
 
     def loss_fn(self, batch, outputs, *, rngs=None) -> dict[str, jax.Array]:
         """Cross-entropy per sub-pixel (nats); ``bits_per_dim`` = an image's NLL / (H·W·C·ln 2).
@@ -417,13 +403,7 @@ class PixelCNN(ARModule):
                 top_k, top_p) -> jax.Array:
         """Host-side checks, then the compiled loop."""
         config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p, vocab_size=NUM_VALUES)
-        labels = None
-        if class_label is not None:
-            labels = np.asarray(class_label)
-            if labels.ndim == 0:
-                labels = np.full(len(canvas), labels)
-            self._check_labels(labels, len(canvas), name="class_label")
-            labels = jnp.asarray(labels, jnp.int32)
+        labels = sampling_labels(class_label, self._label_count, len(canvas))
         key = as_key(rngs)
         graphdef, state = nnx.split(self)
         return sample_pixels(graphdef, state, jnp.asarray(canvas), jnp.asarray(known), labels, key, config=config)
@@ -438,26 +418,13 @@ class PixelCNN(ARModule):
         if images.ndim != 4 or images.shape[1:] != self.image_shape:
             raise ValueError(f"images must have shape [batch, {', '.join(map(str, self.image_shape))}]; "
                              f"got shape {images.shape}")
-        if not jnp.issubdtype(images.dtype, jnp.integer):
-            raise ValueError(f"images must hold integer pixel values in [0, 255]; got dtype {images.dtype}")
-        if not isinstance(images, jax.core.Tracer) and images.size:
-            low, high = int(images.min()), int(images.max())
-            if low < 0 or high > NUM_VALUES - 1:
-                raise ValueError(f"images must hold values in [0, 255]; got {low if low < 0 else high}")
+        check_int_values(images, "images", NUM_VALUES, what="pixel values")
 
-    def _check_labels(self, labels, batch_size: int, name: str = "labels") -> None:
-        if not self.conditional:
-            raise ValueError(f"{name} given, but the model is unconditional (num_classes=None)")
-        if labels.shape != (batch_size,):
-            raise ValueError(f"{name} must be one class id per image, shape ({batch_size},); "
-                             f"got shape {labels.shape}")
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"{name} must be integer class ids; got dtype {labels.dtype}")
-        if not isinstance(labels, jax.core.Tracer) and labels.size:
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(f"{name} must be class ids in [0, num_classes={self.num_classes}); "
-                                 f"got {low if low < 0 else high}")
+    @property
+    def _label_count(self) -> int | None:
+        """Number of classes the labels index (None: unconditional), also for a subclass that
+        sets ``class_embedding`` itself."""
+        return self.class_embedding.num_embeddings if self.conditional else None
 
     def _host_images(self, images, name: str) -> np.ndarray:
         """``images`` ([H, W, C] or [n, H, W, C] ints in [0, 255]) as int32 ``[n, H, W, C]``."""

@@ -8,6 +8,8 @@ so the model trains under the Trainer's bf16 compute as well as in fp32.
 
 from __future__ import annotations
 
+import functools
+
 import math
 import numbers
 
@@ -17,6 +19,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
+from artrainer.models.inputs import check_int_values
 from artrainer.module import ARModule
 from artrainer.sampling.beam_search import beam_search
 from artrainer.sampling.decode import as_key, check_count, check_prompt, decode
@@ -128,6 +131,12 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x), rngs=rngs, training=training), cache
 
 
+@functools.partial(nnx.remat, static_argnums=(4,))
+def _rematerialised_block(block: Block, h, positions, rngs, training: bool, prefix):
+    """A block whose activations are recomputed in the backward pass instead of stored."""
+    return block(h, positions, rngs=rngs, training=training, prefix=prefix)[0]
+
+
 class TransformerAR(ARModule):
     """GPT-style autoregressive Transformer over token sequences.
 
@@ -142,7 +151,7 @@ class TransformerAR(ARModule):
     def __init__(self, vocab_size: int, sequence_length: int, hidden_dim: int, num_layers: int,
                  num_heads: int, feedforward_dim: int | None = None, dropout_rate: float = 0.0, *,
                  rngs: nnx.Rngs, position_encoding: str = "learned", tie_embeddings: bool = False,
-                 pad_token_id: int | None = None, bos_token_id: int | None = None):
+                 pad_token_id: int | None = None, bos_token_id: int | None = None, remat: bool = False):
         for name, value in (("vocab_size", vocab_size), ("sequence_length", sequence_length),
                             ("hidden_dim", hidden_dim), ("num_layers", num_layers),
                             ("num_heads", num_heads)):
@@ -162,8 +171,9 @@ class TransformerAR(ARModule):
         if position_encoding == "rotary" and (hidden_dim // num_heads) % 2:
             raise ValueError(f"position_encoding='rotary' needs an even head size, but "
                              f"hidden_dim={hidden_dim} / num_heads={num_heads} = {hidden_dim // num_heads}")
-        if not isinstance(tie_embeddings, bool):
-            raise TypeError(f"tie_embeddings must be a bool; got {tie_embeddings!r}")
+        for name, flag in (("tie_embeddings", tie_embeddings), ("remat", remat)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool; got {flag!r}")
         for name, value in (("pad_token_id", pad_token_id), ("bos_token_id", bos_token_id)):
             if value is not None:
                 _check_int(name, value)
@@ -175,6 +185,7 @@ class TransformerAR(ARModule):
         self.feedforward_dim, self.dropout_rate = feedforward_dim, float(dropout_rate)
         self.position_encoding, self.tie_embeddings = position_encoding, tie_embeddings
         self.pad_token_id, self.bos_token_id = pad_token_id, bos_token_id
+        self.remat = remat
 
         self.embedding = nnx.Embed(vocab_size, hidden_dim, embedding_init=_embedding_init,
                                    promote_dtype=_promote_like_arrays, rngs=rngs)
@@ -198,7 +209,7 @@ class TransformerAR(ARModule):
             "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
             "feedforward_dim": self.feedforward_dim, "dropout_rate": self.dropout_rate,
             "position_encoding": self.position_encoding, "tie_embeddings": self.tie_embeddings,
-            "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id,
+            "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id, "remat": self.remat,
         }
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
@@ -216,8 +227,11 @@ class TransformerAR(ARModule):
             h = h + self.position_embedding(jnp.minimum(positions, self.sequence_length - 1))
         new_caches = []
         for index, block in enumerate(self.blocks):
-            h, cache = block(h, positions, rngs=rngs, training=training,
-                             cache=None if caches is None else caches[index], prefix=self.layer_prefix(index))
+            if self.remat and caches is None:
+                h, cache = _rematerialised_block(block, h, positions, rngs, training, self.layer_prefix(index)), None
+            else:
+                h, cache = block(h, positions, rngs=rngs, training=training,
+                                 cache=None if caches is None else caches[index], prefix=self.layer_prefix(index))
             new_caches.append(cache)
         h = self.final_norm(h)
         logits = self.embedding.attend(h) if self.tie_embeddings else self.head(h)
@@ -349,11 +363,10 @@ class TransformerAR(ARModule):
         return {key: metrics[key] for key in ("loss", "nll_loss", "perplexity", "accuracy", WEIGHT)}
 
     def _check_tokens(self, x: jax.Array) -> None:
-        """Shape/dtype checks only, so they hold for tracers too and cost no device sync."""
+        """Shape and dtype always; ids only when concrete (see :mod:`artrainer.models.inputs`)."""
         if x.ndim != 2:
             raise ValueError(f"TransformerAR expects int tokens of shape [batch, length]; got shape {x.shape}")
-        if not jnp.issubdtype(x.dtype, jnp.integer):
-            raise ValueError(f"TransformerAR expects integer token ids; got dtype {x.dtype}")
+        check_int_values(x, "tokens", self.vocab_size, what="token ids")
         if x.shape[1] > self.sequence_length:
             raise ValueError(f"sequence length {x.shape[1]} exceeds the model's "
                              f"sequence_length={self.sequence_length}")
