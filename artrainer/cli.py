@@ -6,7 +6,11 @@ import argparse
 import json
 import os
 
+import jax
+
+from artrainer import distributed
 from artrainer.callbacks import GradientClipping, LRWarmup, ModelCheckpoint, load_callback
+from artrainer.data import DataLoader
 from artrainer.trainer import PRECISIONS, Trainer
 
 
@@ -21,6 +25,10 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
     group.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     group.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    group.add_argument("--strategy", default="single", choices=distributed.STRATEGIES,
+                       help="single device, data parallel, or fully sharded data parallel over all devices")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-host run (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--log-every", type=int, default=50, help="log metrics every N steps")
     group.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: each epoch)")
@@ -32,6 +40,20 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress-bar", action="store_true")
     group.add_argument("--callback", action="append", default=[], metavar="FILE.py:Class[:JSON]",
                        help="add a user callback (repeatable), e.g. callbacks/ema.py:EMA:'{\"decay\": 0.99}'")
+
+
+def start_processes(args: argparse.Namespace) -> None:
+    """With ``--distributed``, join the multi-host run; call it before anything touches a device."""
+    if args.distributed:
+        distributed.initialize()
+
+
+def train_and_val_loaders(args: argparse.Namespace, train: dict, val: dict) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training batches and padded, ordered validation batches of ``--batch-size``
+    (the global batch); in a multi-host run each process reads its own rows."""
+    shards = {"num_shards": jax.process_count(), "shard_index": jax.process_index()}
+    return (DataLoader(train, args.batch_size, seed=args.seed, **shards),
+            DataLoader(val, args.batch_size, shuffle=False, last_batch="pad", **shards))
 
 
 def build_trainer(args: argparse.Namespace, extra_callbacks=()) -> Trainer:
@@ -48,7 +70,7 @@ def build_trainer(args: argparse.Namespace, extra_callbacks=()) -> Trainer:
     return Trainer(max_steps=args.max_steps, max_epochs=args.max_epochs, callbacks=callbacks,
                    log_every_n_steps=args.log_every, val_check_interval=args.val_every,
                    limit_val_batches=args.limit_val_batches, accumulate_grad_batches=args.accumulate,
-                   precision=args.precision, seed=args.seed, default_root_dir=args.out,
+                   precision=args.precision, seed=args.seed, default_root_dir=args.out, strategy=args.strategy,
                    enable_progress_bar=not args.no_progress_bar)
 
 

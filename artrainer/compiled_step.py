@@ -102,12 +102,13 @@ def metric_shapes(model_def, model_state, batch, precision: str, seed: int) -> d
 
 
 def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, seed: int,
-                    accumulate: int, precision: str) -> Callable:
+                    accumulate: int, precision: str, state_shardings: Any = None) -> Callable:
     """Build ``step(state, sums, health, batch) -> (state, sums, health, outputs)``, jitted.
 
     With ``accumulate > 1`` every leaf of ``batch`` has a leading micro-batch axis of
     that size. The step's RNG key is ``fold_in(key(seed), update_count)``, so it is a
     pure function of the optimizer's step counter: resuming needs no RNG state of its own.
+    ``state_shardings`` (a sharded run) pins the new state to the layout the old one had.
     """
     base_key = jax.random.key(seed)
 
@@ -152,6 +153,8 @@ def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, see
         outputs = {**{k: v for k, v in metrics.items() if k != WEIGHT}, "loss": loss,
                    "grad_norm": grad_norm}
         new_state = {"model": nnx.state(module), "optimizer": nnx.state(optimizer)}
+        if state_shardings is not None:
+            new_state = jax.lax.with_sharding_constraint(new_state, state_shardings)
         return new_state, sums, health, outputs
 
     return jax.jit(step, donate_argnums=(0, 1, 2))

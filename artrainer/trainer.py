@@ -8,6 +8,7 @@ reads them every ``log_every_n_steps`` steps, at validation, and when a callback
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import itertools
@@ -22,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from artrainer import compiled_step
+from artrainer import compiled_step, distributed
 from artrainer.callbacks.base import HOOKS, Callback
 from artrainer.checkpointing import CheckpointStore, split_step_path
+from artrainer.device_manager import DeviceManager
 from artrainer.metrics import MetricSums
 from artrainer.module import ARModule
 
@@ -48,7 +50,8 @@ class Trainer:
                  log_every_n_steps: int = 50, val_check_interval: int | float | None = None,
                  limit_val_batches: int | float | None = None, accumulate_grad_batches: int = 1,
                  precision: str = "fp32", seed: int = 0, default_root_dir: str = "runs",
-                 enable_progress_bar: bool = True, **unknown: Any):
+                 enable_progress_bar: bool = True, strategy: str = "single", mesh: Any = None,
+                 **unknown: Any):
         if unknown:
             allowed = [p for p in inspect.signature(Trainer.__init__).parameters if p not in ("self", "unknown")]
             name = next(iter(unknown))
@@ -63,6 +66,10 @@ class Trainer:
         _check_int("seed", seed, minimum=0)
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is not supported; use one of {PRECISIONS}")
+        if strategy not in distributed.STRATEGIES:
+            raise ValueError(f"strategy={strategy!r} is not supported; use one of {distributed.STRATEGIES}")
+        if mesh is not None and strategy == "single":
+            raise ValueError("mesh= spreads the run over devices; give it with strategy='dp' or 'fsdp'")
         _check_interval("val_check_interval", val_check_interval)
         _check_interval("limit_val_batches", limit_val_batches, allow_zero=True)
         callbacks = list(callbacks) if not isinstance(callbacks, Callback) else [callbacks]
@@ -75,8 +82,10 @@ class Trainer:
         self.val_check_interval, self.limit_val_batches = val_check_interval, limit_val_batches
         self.accumulate_grad_batches, self.precision, self.seed = accumulate_grad_batches, precision, seed
         self.default_root_dir = os.fspath(default_root_dir)
+        self.strategy = strategy
+        self.mesh = distributed.make_mesh(strategy) if mesh is None else distributed.check_mesh(mesh)
         self.logger = self._make_logger(logger)
-        self.callbacks = self._with_default_callbacks(callbacks, enable_progress_bar)
+        self.callbacks = self._with_default_callbacks(callbacks, enable_progress_bar and distributed.is_main_process())
 
         self.global_step = 0
         self.current_epoch = 0
@@ -181,7 +190,7 @@ class Trainer:
         module = module if module is not None else self.module
         settings = {name: getattr(self, name) for name in (
             "max_steps", "max_epochs", "log_every_n_steps", "val_check_interval", "limit_val_batches",
-            "accumulate_grad_batches", "precision", "seed")}
+            "accumulate_grad_batches", "precision", "seed", "strategy")}
         settings["module"] = type(module).__name__
         settings.update({f"module/{k}": v for k, v in getattr(module, "hparams", {}).items()})
         return settings
@@ -246,12 +255,42 @@ class Trainer:
         self._call("on_save_checkpoint", meta)
         return {"model": self._state["model"], "optimizer": self._state["optimizer"]}, meta
 
+    def build_train_step(self, module: ARModule) -> "TrainStepPlan":
+        """The optimizer, placed state and compiled step ``fit`` would run for ``module``.
+
+        Callbacks wrap the module's optax transform; the state sits on the best device or,
+        under ``dp`` / ``fsdp``, is sharded over the mesh. Counters and the module's weights
+        are left alone, so the batch-size finder builds the real step with it too.
+        """
+        tx = module.configure_optimizers()
+        for cb in self.callbacks:
+            tx = cb.configure_optimizer(self, module, tx)
+        optimizer = nnx.Optimizer(module, tx, wrt=module.trainable)
+        state = {"model": nnx.state(module), "optimizer": nnx.state(optimizer)}
+        shardings = None
+        if self.mesh is not None:
+            shardings = distributed.state_shardings(state, self.mesh, self.strategy)
+            state = jax.device_put(state, shardings)
+        else:
+            state = jax.device_put(state, DeviceManager().get_device())
+        step = compiled_step.make_train_step(
+            nnx.graphdef(module), nnx.graphdef(optimizer), seed=self.seed,
+            accumulate=self.accumulate_grad_batches, precision=self.precision, state_shardings=shardings)
+        return TrainStepPlan(optimizer, nnx.graphdef(module), state, step)
+
+    def place_batch(self, batch, accumulate: int = 1):
+        """This process's rows of ``batch`` as global arrays split over the mesh (as given on one device)."""
+        if self.mesh is None:
+            return batch
+        sharding = distributed.batch_sharding(self.mesh, accumulate=accumulate)
+        return distributed.place_batch(batch, sharding, accumulate=accumulate)
+
     def default_checkpoint_dir(self) -> str:
         return os.path.join(self.default_root_dir, "checkpoints")
 
     # ------------------------------------------------------------------- internals
     def _make_logger(self, logger):
-        if logger is False:
+        if logger is False or not distributed.is_main_process():  # one process writes the logs
             return None
         if logger is None:
             from artrainer.loggers import TensorBoardLogger
@@ -333,17 +372,10 @@ class Trainer:
         self.callback_metrics, self._metric_steps = {}, {}
         self.num_training_batches = len(train_data) if hasattr(train_data, "__len__") else None
         self._hook_table = self._build_hook_table()
-        tx = module.configure_optimizers()
-        for cb in self.callbacks:
-            tx = cb.configure_optimizer(self, module, tx)
-        self.optimizer = nnx.Optimizer(module, tx, wrt=module.trainable)
-        self._model_def = nnx.graphdef(module)
-        self._optimizer_def = nnx.graphdef(self.optimizer)
-        self._state = {"model": nnx.state(module), "optimizer": nnx.state(self.optimizer)}
-        self._dirty = False
-        self._train_step = compiled_step.make_train_step(
-            self._model_def, self._optimizer_def, seed=self.seed,
-            accumulate=self.accumulate_grad_batches, precision=self.precision)
+        plan = self.build_train_step(module)
+        self.optimizer, self._model_def, self._state = plan.optimizer, plan.model_def, plan.state
+        self._train_step = plan.step
+        self._dirty = True  # the module should hold the placed arrays too
         self._train_checker = _BatchChecker("train_data", module.input_key)
         self._sums = None
         self._restored_sums = None
@@ -481,6 +513,7 @@ class Trainer:
     def _run_step(self, batch):
         if self._sums is None:
             self._init_sums(batch)
+        batch = self.place_batch(batch, self.accumulate_grad_batches)
         self._state, self._sums, self._health, outputs = self._train_step(
             self._state, self._sums, self._health, batch)
         self._dirty = True
@@ -498,8 +531,8 @@ class Trainer:
             sums = jax.tree.map(lambda zero, saved: jnp.asarray(saved, zero.dtype), sums, self._restored_sums)
         self._sums = sums
         spec = self._train_checker.spec[self.module.input_key]
-        self._items_per_step = spec[0][0] * self.accumulate_grad_batches
-        self._elements_per_step = math.prod(spec[0]) * self.accumulate_grad_batches
+        self._items_per_step = spec[0][0] * self.accumulate_grad_batches * jax.process_count()
+        self._elements_per_step = math.prod(spec[0]) * self.accumulate_grad_batches * jax.process_count()
 
     def _read_train_metrics(self) -> None:
         """Host sync: turn the device sums into ``train/...`` metrics and reset them."""
@@ -557,7 +590,7 @@ class Trainer:
                 checker.check(batch)
                 if sums is None:
                     sums = MetricSums.zeros(self._eval_metric_keys(model_state, batch))
-                sums = eval_step(model_state, sums, batch, index)
+                sums = eval_step(model_state, sums, self.place_batch(batch), index)
         finally:
             if hasattr(batches, "close"):
                 batches.close()
@@ -594,6 +627,16 @@ class Trainer:
                                                 precision=self.precision)
             self._eval_step = (module, step)
         return self._eval_step[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStepPlan:
+    """What :meth:`Trainer.build_train_step` returns."""
+
+    optimizer: nnx.Optimizer
+    model_def: nnx.GraphDef
+    state: dict[str, Any]  # {'model': State, 'optimizer': State}, placed
+    step: Any  # jitted (state, sums, health, batch) -> (state, sums, health, outputs)
 
 
 class _BatchChecker:

@@ -24,8 +24,8 @@ from PIL import Image
 
 from artrainer.callbacks import load_callback
 from artrainer.checkpointing import load_weights
-from artrainer.cli import add_trainer_arguments, fit_and_report, read_run_config, write_run_config
-from artrainer.data import DataLoader
+from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
+                           start_processes, train_and_val_loaders, write_run_config)
 from artrainer.loggers import image_grid
 from artrainer.data.images import (from_hf_dataset, load_image_folder, load_mnist, load_npz,
                                    split_train_val)
@@ -105,8 +105,8 @@ def train(args) -> int:
               "num_mixtures": args.num_mixtures, "num_classes": num_classes}
     write_run_config(args.out, config)
     keep = ["images"] + (["labels"] if num_classes else [])
-    train_loader = DataLoader({k: train_data[k] for k in keep}, args.batch_size, seed=args.seed)
-    val_loader = DataLoader({k: val_data[k] for k in keep}, args.batch_size, shuffle=False, last_batch="pad")
+    train_loader, val_loader = train_and_val_loaders(args, {k: train_data[k] for k in keep},
+                                                     {k: val_data[k] for k in keep})
     model = build_model(config, args.seed)
     writer_kwargs = {"every_n_steps": args.sample_every, "n_samples": args.n_samples,
                      "generate_kwargs": {"temperature": args.temperature}}
@@ -139,6 +139,7 @@ def sample(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    start_processes(args)
     return sample(args) if (args.generate or args.inpaint or args.class_label is not None) else train(args)
 
 

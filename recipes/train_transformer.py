@@ -23,8 +23,8 @@ from flax import nnx
 
 from artrainer.callbacks import SampleGenerator
 from artrainer.checkpointing import load_weights
-from artrainer.cli import add_trainer_arguments, fit_and_report, read_run_config, write_run_config
-from artrainer.data import DataLoader
+from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
+                           start_processes, train_and_val_loaders, write_run_config)
 from artrainer.data.text import (BPETokenizer, ByteTokenizer, CharTokenizer, load_text_dataset,
                                  read_text_files, stdlib_corpus, token_windows)
 from artrainer.models import TransformerAR
@@ -114,8 +114,7 @@ def train(args) -> int:
     train_windows, val_windows = windows[:-n_val], windows[-n_val:]
     print(f"{len(train_windows)} training and {len(val_windows)} validation windows of {args.seq_len} "
           f"{args.tokenizer} tokens", file=sys.stderr)
-    train_data = DataLoader({"sequences": train_windows}, args.batch_size, seed=args.seed)
-    val_data = DataLoader({"sequences": val_windows}, args.batch_size, shuffle=False, last_batch="pad")
+    train_data, val_data = train_and_val_loaders(args, {"sequences": train_windows}, {"sequences": val_windows})
 
     config = {"tokenizer": args.tokenizer, "vocab_size": tokenizer.vocab_size, "sequence_length": args.seq_len,
               "hidden_dim": args.hidden_dim, "num_layers": args.num_layers, "num_heads": args.num_heads,
@@ -157,6 +156,7 @@ def generate(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    start_processes(args)
     return generate(args) if args.generate else train(args)
 
 

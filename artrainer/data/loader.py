@@ -36,6 +36,10 @@ class DataLoader:
     handed out, so a new iterator (or a fresh loader given `load_state_dict`) continues
     exactly where the last one stopped. Use one live iterator per loader at a time: they
     share that position.
+
+    Multi-host: every process builds the same loader with ``num_shards=jax.process_count()``
+    and ``shard_index=jax.process_index()``; ``batch_size`` stays the global batch, and each
+    process gets its contiguous ``batch_size / num_shards`` rows of every global batch.
     """
 
     def __init__(
@@ -48,8 +52,17 @@ class DataLoader:
         last_batch: str = "drop",
         prefetch: int = 2,
         columns: Sequence[str] | None = None,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ):
         self.batch_size = _check_int("batch_size", batch_size, minimum=1)
+        self.num_shards = _check_int("num_shards", num_shards, minimum=1)
+        self.shard_index = _check_int("shard_index", shard_index, minimum=0)
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index={shard_index} must be < num_shards={num_shards}")
+        if self.batch_size % self.num_shards:
+            raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by "
+                             f"num_shards={num_shards}, so every shard gets the same number of rows")
         self.seed = _check_int("seed", seed, minimum=0)
         self.prefetch = _check_int("prefetch", prefetch, minimum=0)
         if last_batch not in _LAST_BATCH_MODES:
@@ -138,11 +151,12 @@ class DataLoader:
         indices = order[b * self.batch_size : (b + 1) * self.batch_size]
         num_real = len(indices)
         indices = np.pad(indices, (0, self.batch_size - num_real), constant_values=indices[0])
-        batch = self._gather(indices)
+        mask = (np.arange(self.batch_size) < num_real).astype(np.float32)
+        rows = self.batch_size // self.num_shards
+        shard = slice(self.shard_index * rows, (self.shard_index + 1) * rows)
+        batch = self._gather(indices[shard])
         if self.last_batch == "pad":
-            mask = np.zeros(self.batch_size, np.float32)
-            mask[:num_real] = 1.0
-            batch[_MASK_KEY] = mask
+            batch[_MASK_KEY] = mask[shard]
         return batch
 
 

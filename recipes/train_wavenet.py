@@ -1,0 +1,142 @@
+"""Train a WaveNet on speech at 8 kHz, or generate audio from a trained one.
+
+    python recipes/train_wavenet.py --max-steps 2000                           # FSDD from ../shared/data/fsdd
+    python recipes/train_wavenet.py --conditional --max-steps 2000 --out runs/fsdd   # conditioned on the digit
+    python recipes/train_wavenet.py --wav-folder path/to/wavs --max-steps 2000
+    python recipes/train_wavenet.py --generate --out runs/fsdd --n-samples 4 --seconds 1
+    python recipes/train_wavenet.py --generate --digit 7 --out runs/fsdd              # a conditional run
+    python recipes/train_wavenet.py --generate --prompt-wav start.wav --out runs/fsdd # continue a recording
+
+FSDD recordings are split by speaker: --val-speakers are held out for validation.
+Training logs bits/dim and audio samples to TensorBoard, writes the samples as .wav
+files (samples/ under --out), checkpoints, and saves model_config.json for --generate,
+which writes its wavs to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from flax import nnx
+
+from artrainer.callbacks import load_callback
+from artrainer.checkpointing import load_weights
+from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
+                           start_processes, train_and_val_loaders, write_run_config)
+from artrainer.data.audio import load_fsdd, load_wav_folder, mu_law_encode, read_wav, split_by_speaker, write_wav
+from artrainer.data.images import split_train_val
+from artrainer.models import WaveNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd")
+SAMPLE_WRITER = os.path.join(ROOT, "callbacks", "sample_writer.py")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data (default: the Free Spoken Digit Dataset in ../shared/data/fsdd)")
+    data.add_argument("--fsdd-dir", default=DEFAULT_FSDD)
+    data.add_argument("--wav-folder", default=None, help="any folder of wavs (class subfolders give labels)")
+    data.add_argument("--sample-rate", type=int, default=8000, help="audio is resampled to this rate")
+    data.add_argument("--window", type=int, default=4096, help="samples per training window")
+    data.add_argument("--val-speakers", default="theo", help="FSDD speakers held out, comma-separated")
+    data.add_argument("--n-val", type=int, default=200, help="--wav-folder: windows held out for validation")
+    data.add_argument("--batch-size", type=int, default=8)
+    model = parser.add_argument_group("model")
+    model.add_argument("--num-layers", type=int, default=20)
+    model.add_argument("--num-stacks", type=int, default=2)
+    model.add_argument("--residual-channels", type=int, default=32)
+    model.add_argument("--dilation-channels", type=int, default=32)
+    model.add_argument("--skip-channels", type=int, default=128)
+    model.add_argument("--conditional", action="store_true", help="condition on the labels (FSDD: the digit)")
+    modes = parser.add_argument_group("generation (from the checkpoint in --out)")
+    modes.add_argument("--generate", action="store_true")
+    modes.add_argument("--digit", type=int, default=None, help="class label of a conditional model")
+    modes.add_argument("--prompt-wav", default=None, help="continue this recording")
+    modes.add_argument("--seconds", type=float, default=1.0, help="length of each generated clip")
+    modes.add_argument("--n-samples", type=int, default=2)
+    modes.add_argument("--temperature", type=float, default=1.0)
+    modes.add_argument("--sample-every", type=int, default=1000, help="write audio samples every N steps")
+    add_trainer_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.max_steps is None and args.max_epochs is None:
+        args.max_steps = 2000
+    return args
+
+
+def load_audio(args) -> tuple[dict, dict]:
+    """(train, val) mu-law windows: FSDD split by speaker, or a wav folder split at random."""
+    if args.wav_folder:
+        data = load_wav_folder(args.wav_folder, sample_rate=args.sample_rate, length=args.window)
+        data.pop("classes", None)  # one name per class, not per window
+        n = len(data["waveform"])
+        return split_train_val(data, n - args.n_val, args.n_val, seed=args.seed)
+    data = load_fsdd(args.fsdd_dir, sample_rate=args.sample_rate, length=args.window)
+    return split_by_speaker(data, args.val_speakers.split(","))
+
+
+def build_model(config: dict, seed: int) -> WaveNet:
+    return WaveNet(num_layers=config["num_layers"], num_stacks=config["num_stacks"],
+                   residual_channels=config["residual_channels"], dilation_channels=config["dilation_channels"],
+                   skip_channels=config["skip_channels"], num_classes=config["num_classes"],
+                   sample_rate=config["sample_rate"], rngs=nnx.Rngs(seed))
+
+
+def train(args) -> int:
+    train_data, val_data = load_audio(args)
+    num_classes = None
+    if args.conditional:
+        if "labels" not in train_data:
+            raise ValueError("--conditional needs labels, and this audio set has none "
+                             "(put the wavs in one subfolder per class)")
+        num_classes = int(max(train_data["labels"].max(), val_data["labels"].max())) + 1
+    config = {"num_layers": args.num_layers, "num_stacks": args.num_stacks,
+              "residual_channels": args.residual_channels, "dilation_channels": args.dilation_channels,
+              "skip_channels": args.skip_channels, "num_classes": num_classes, "sample_rate": args.sample_rate}
+    write_run_config(args.out, config)
+    keep = ["waveform", "mask"] + (["labels"] if num_classes else [])
+    train_loader, val_loader = train_and_val_loaders(args, {k: train_data[k] for k in keep},
+                                                     {k: val_data[k] for k in keep})
+    model = build_model(config, args.seed)
+    generate_kwargs = {"max_length": int(args.seconds * args.sample_rate), "temperature": args.temperature}
+    if num_classes:
+        generate_kwargs["class_label"] = list(range(args.n_samples))
+    writer_kwargs = {"every_n_steps": args.sample_every, "n_samples": args.n_samples,
+                     "generate_kwargs": generate_kwargs}
+    writer = load_callback(f"{SAMPLE_WRITER}:SampleWriter:{json.dumps(writer_kwargs)}")
+    return fit_and_report(args, model, train_loader, val_loader, [writer])
+
+
+def generate(args) -> int:
+    config = read_run_config(args.out)
+    model = build_model(config, args.seed)
+    step = load_weights(model, os.path.join(args.out, "checkpoints"))
+    prompt, name = None, f"sample_step{step}"
+    if args.prompt_wav:
+        audio, _ = read_wav(args.prompt_wav, sample_rate=model.sample_rate)
+        prompt = mu_law_encode(audio, model.quantization_channels)
+        name = f"continued_step{step}"
+    if args.digit is not None:
+        name = f"digit{args.digit}_step{step}"
+    length = int(args.seconds * model.sample_rate) + (0 if prompt is None else len(prompt))
+    codes = model.generate(args.n_samples, length, args.temperature, rngs=nnx.Rngs(sample=args.seed),
+                           prompt=prompt, class_label=args.digit)
+    for i, clip in enumerate(model.to_audio(codes)):
+        path = os.path.join(args.out, f"{name}_{i}.wav")
+        write_wav(path, clip, model.sample_rate)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start_processes(args)
+    return generate(args) if args.generate else train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
