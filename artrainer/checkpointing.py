@@ -6,6 +6,14 @@ device-side metric sums) and ``meta`` (JSON: counters, data-loader position,
 callback states). Orbax writes each step into a temporary directory and renames it
 only once complete, so a crash mid-save never leaves a half checkpoint that
 ``latest_step`` would pick.
+
+What a crash cannot do, a disk can: ``meta`` also holds a 32-bit fingerprint of every
+array, computed on the device at save time, and :meth:`CheckpointStore.restore` checks
+the arrays it read against them, so flipped bytes are an error naming the checkpoint
+and the array, never silently wrong weights. Before reading, the stored shapes are
+compared with the model's, so a checkpoint of another configuration is refused with
+the shapes that differ. Nothing here unpickles: arrays are tensorstore files, the
+rest is JSON.
 """
 
 from __future__ import annotations
@@ -14,27 +22,40 @@ import os
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax import lax
 
 _policies = ocp.checkpoint_managers
+FINGERPRINTS = "fingerprints"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files are missing or damaged."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint of another model configuration: its array shapes differ."""
 
 
 class CheckpointStore:
     """Save and restore Trainer checkpoints in one directory.
 
-    ``keep_last`` keeps the newest checkpoint; ``top_k`` keeps the k best by the score
+    ``keep_last`` keeps that many newest checkpoints (0: none); ``top_k`` keeps the k best by the score
     passed to :meth:`save` (lower is better with ``mode='min'``); ``top_k=-1`` keeps
     everything. ``scored=False`` (no monitored metric) turns scoring off altogether. Saves are asynchronous when ``async_save``: ``save`` returns once the
     arrays are copied and the files are written in the background.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep_last: bool = True, top_k: int = 1,
+    def __init__(self, directory: str | os.PathLike, *, keep_last: int = 1, top_k: int = 1,
                  mode: str = "min", scored: bool = True, async_save: bool = True, read_only: bool = False):
         self.directory = os.path.abspath(os.fspath(directory))
         policies = []  # none at all (top_k=-1) keeps every checkpoint
         if top_k != -1:
             if keep_last:
-                policies.append(_policies.LatestN(n=1))
+                policies.append(_policies.LatestN(n=int(keep_last)))
             if top_k > 0:
                 policies.append(_policies.BestN(
                     get_metric_fn=lambda metrics: metrics["score"], reverse=(mode == "min"),
@@ -51,24 +72,73 @@ class CheckpointStore:
         # asynchronous write may still be reading them. The JSON is frozen now too, so
         # later changes to callback state cannot leak into this checkpoint.
         state = jax.tree.map(lambda x: x.copy(), state)
+        meta = {**_frozen_json(meta), FINGERPRINTS: fingerprints(state)}
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(_frozen_json(meta))),
+                                          meta=ocp.args.JsonSave(meta)),
             metrics=None if score is None else {"score": float(score)}, force=True)
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
-        """Read checkpoint ``step`` into arrays shaped like ``target``; returns ``(state, meta)``."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["meta"])
+        """Read checkpoint ``step`` into arrays shaped (and sharded) like ``target``; returns
+        ``(state, meta)``. Raises :class:`IncompatibleCheckpointError` when its shapes differ
+        from ``target``'s and :class:`CorruptCheckpointError` when it cannot be read or reads
+        back other bytes than were saved, both naming the checkpoint."""
+        self._check_shapes(step, target)
+        restored = self._read(step, ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                       meta=ocp.args.JsonRestore()))
+        meta = dict(restored["meta"])
+        self._check_fingerprints(step, restored["state"], meta)
+        return restored["state"], meta
 
     def restore_subtree(self, step: int, target: Mapping[str, Any]) -> dict[str, Any]:
-        """Read only the parts of checkpoint ``step``'s state named in ``target`` (e.g. the model)."""
+        """Read only the parts of checkpoint ``step``'s state named in ``target`` (e.g. the
+        model), checked like :meth:`restore`."""
         target = dict(target)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))
+        self._check_shapes(step, target)
+        restored = self._read(step, ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                         partial_restore=True),
+            meta=ocp.args.JsonRestore()))
+        self._check_fingerprints(step, restored["state"], dict(restored["meta"]))
         return restored["state"]
+
+    def _path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _read(self, step: int, args):
+        try:
+            return self._manager.restore(step, args=args)
+        except Exception as exc:  # orbax/tensorstore raise many kinds for damaged files
+            raise CorruptCheckpointError(f"checkpoint {self._path(step)} cannot be read (missing or damaged "
+                                         f"files?): {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+    def _check_shapes(self, step: int, target: Any) -> None:
+        """Refuse a checkpoint whose arrays have other shapes than ``target``'s, listing them."""
+        try:
+            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self._path(step)) / "state")
+            stored = _shapes(metadata.tree)
+        except Exception as exc:
+            raise CorruptCheckpointError(f"checkpoint {self._path(step)} has no readable metadata: "
+                                         f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        wanted = _shapes(target)
+        differ = [f"{path}: checkpoint {stored[path]} vs model {shape}"
+                  for path, shape in wanted.items() if path in stored and stored[path] != shape]
+        missing = sorted(set(wanted) - set(stored))
+        if differ or missing:
+            lines = differ[:10] + [f"{path}: not in the checkpoint" for path in missing[:10]]
+            raise IncompatibleCheckpointError(
+                f"checkpoint {self._path(step)} does not fit this model (a different configuration?); "
+                f"{len(differ)} array(s) differ in shape, {len(missing)} are missing:\n  " + "\n  ".join(lines))
+
+    def _check_fingerprints(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        saved = meta.get(FINGERPRINTS)
+        if saved is None:  # written before fingerprints existed
+            return
+        read = fingerprints(state)
+        bad = [path for path, value in read.items() if path in saved and saved[path] != value]
+        if bad:
+            raise CorruptCheckpointError(f"checkpoint {self._path(step)} is corrupt: {len(bad)} array(s) read "
+                                         f"back differ from what was saved, e.g. {bad[0]!r}")
 
     def steps(self) -> list[int]:
         return list(self._manager.all_steps())
@@ -88,6 +158,49 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def fingerprints(tree: Any) -> dict[str, int]:
+    """``{path: 32-bit fingerprint}`` of every array in ``tree``, computed on its devices.
+
+    The fingerprint is the sum, modulo 2**32, of the array's bits (as unsigned ints)
+    times odd position weights, so any change of a single element changes it.
+    """
+    flat = _flat_paths(tree)
+    values = _fingerprint_arrays(tuple(flat.values()))
+    return dict(zip(flat, (int(v) for v in jax.device_get(values))))
+
+
+@jax.jit
+def _fingerprint_arrays(arrays):
+    return [_fingerprint(x) for x in arrays]
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+    weights = (jnp.arange(bits.size, dtype=jnp.uint32) % 65521) * 2 + 1
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+def _flat_paths(tree: Any) -> dict[str, Any]:
+    """``{'model/blocks/0/kernel/value': leaf}``: the same path strings for live states and
+    for orbax's stored metadata, whose keys are all strings."""
+    def name(key):
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {path: tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in _flat_paths(tree).items()}
 
 
 def _frozen_json(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,8 @@ def fit_and_report(args: argparse.Namespace, model, train_data, val_data, extra_
         model.learning_rate = args.lr
     trainer = build_trainer(args, extra_callbacks)
     trainer.fit(model, train_data, val_data, ckpt_path=args.resume)
+    if trainer.interrupted is not None:  # checkpointed; the shell's code for "stopped by a signal"
+        return 128 + int(trainer.interrupted)
     metrics = trainer.validate(model, val_data)
     print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     return 0

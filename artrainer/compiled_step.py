@@ -23,8 +23,12 @@ NONFINITE_NAMES = {1: "loss", 2: "grad_norm"}
 
 
 def init_health() -> dict[str, jax.Array]:
-    """``step`` of the first non-finite loss/gradient (-1: none yet) and which one it was."""
-    return {"step": jnp.asarray(-1, jnp.int32), "what": jnp.asarray(0, jnp.int32)}
+    """``step`` of the first non-finite loss/gradient that stopped the run (-1: none yet),
+    which one it was, the steps skipped (``skip_nonfinite``): in all, in a row now, and the
+    steps run (the Trainer's ``global_step``, which skipped updates do not hold back)."""
+    return {"step": jnp.asarray(-1, jnp.int32), "what": jnp.asarray(0, jnp.int32),
+            "skipped": jnp.asarray(0, jnp.int32), "consecutive": jnp.asarray(0, jnp.int32),
+            "steps": jnp.asarray(0, jnp.int32)}
 
 
 def init_train_sums(metric_keys) -> dict[str, Any]:
@@ -102,17 +106,22 @@ def metric_shapes(model_def, model_state, batch, precision: str, seed: int) -> d
 
 
 def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, seed: int,
-                    accumulate: int, precision: str, state_shardings: Any = None) -> Callable:
+                    accumulate: int, precision: str, state_shardings: Any = None,
+                    skip_nonfinite: int = 0) -> Callable:
     """Build ``step(state, sums, health, batch) -> (state, sums, health, outputs)``, jitted.
 
     With ``accumulate > 1`` every leaf of ``batch`` has a leading micro-batch axis of
     that size. The step's RNG key is ``fold_in(key(seed), update_count)``, so it is a
     pure function of the optimizer's step counter: resuming needs no RNG state of its own.
     ``state_shardings`` (a sharded run) pins the new state to the layout the old one had.
+    ``skip_nonfinite=n > 0`` keeps the old model and optimizer state when the loss or the
+    gradients are not finite, and flags divergence only after ``n`` such steps in a row.
     """
     base_key = jax.random.key(seed)
 
     def step(state, sums, health, batch):
+        # merge shares the Variables of `state`, and the update below mutates them: keep a copy.
+        previous = jax.tree.map(lambda x: x, state) if skip_nonfinite else None
         module = nnx.merge(model_def, state["model"])
         optimizer = nnx.merge(optimizer_def, state["optimizer"])
         update_count = optimizer.step[...]
@@ -145,14 +154,21 @@ def make_train_step(model_def: nnx.GraphDef, optimizer_def: nnx.GraphDef, *, see
         optimizer.update(module, grads)
 
         finite_loss, finite_grad = jnp.isfinite(loss), jnp.isfinite(grad_norm)
-        first_bad = (health["step"] < 0) & ~(finite_loss & finite_grad)
-        health = {"step": jnp.where(first_bad, update_count + 1, health["step"]),
-                  "what": jnp.where(first_bad, jnp.where(finite_loss, 2, 1), health["what"])}
+        healthy = finite_loss & finite_grad
+        consecutive = jnp.where(healthy, 0, health["consecutive"] + 1)
+        diverged = ~healthy if not skip_nonfinite else consecutive > skip_nonfinite
+        first_bad = (health["step"] < 0) & diverged
+        health = {"step": jnp.where(first_bad, health["steps"] + 1, health["step"]),
+                  "what": jnp.where(first_bad, jnp.where(finite_loss, 2, 1), health["what"]),
+                  "skipped": health["skipped"] + (~healthy if skip_nonfinite else 0),
+                  "consecutive": consecutive, "steps": health["steps"] + 1}
         sums = {"metrics": metric_sums, "grad_norm": sums["grad_norm"] + grad_norm,
                 "steps": sums["steps"] + 1}
         outputs = {**{k: v for k, v in metrics.items() if k != WEIGHT}, "loss": loss,
                    "grad_norm": grad_norm}
         new_state = {"model": nnx.state(module), "optimizer": nnx.state(optimizer)}
+        if skip_nonfinite:
+            new_state = jax.tree.map(lambda new, old: jnp.where(healthy, new, old), new_state, previous)
         if state_shardings is not None:
             new_state = jax.lax.with_sharding_constraint(new_state, state_shardings)
         return new_state, sums, health, outputs

@@ -14,6 +14,8 @@ import inspect
 import itertools
 import math
 import os
+import signal
+import sys
 import time
 import warnings
 from typing import Any, Iterable, Mapping
@@ -25,8 +27,9 @@ from flax import nnx
 
 from artrainer import compiled_step, distributed
 from artrainer.callbacks.base import HOOKS, Callback
-from artrainer.checkpointing import CheckpointStore, split_step_path
+from artrainer.checkpointing import CheckpointStore, CorruptCheckpointError, split_step_path
 from artrainer.device_manager import DeviceManager
+from artrainer.interrupts import StopOnSignal
 from artrainer.metrics import MetricSums
 from artrainer.module import ARModule
 
@@ -98,6 +101,9 @@ class Trainer:
         self.num_training_batches: int | None = None
         self.eval_params = None
         self.resumed_step: int | None = None
+        #: The signal (SIGINT / SIGTERM) that stopped the last fit early, else None.
+        self.interrupted: signal.Signals | None = None
+        self._interrupt_checkpoint: str | None = None
         self._fitting = False
         self._eval_step = None
         self._eval_keys = None
@@ -121,20 +127,27 @@ class Trainer:
         self._setup(module, train_data)
         self._val_data, self._fitting = val_data, True
         try:
-            self._call("setup", "fit")
-            resume = self._restore(ckpt_path) if ckpt_path is not None else (0, False)
-            self._call("on_fit_start")
-            self._train(train_data, val_data, *resume)
-            self._call("on_fit_end")
+            with StopOnSignal(self._stop_on_signal):
+                self._call("setup", "fit")
+                resume = self._restore(ckpt_path) if ckpt_path is not None else (0, False)
+                self._call("on_fit_start")
+                self._train(train_data, val_data, *resume)
+                if self.interrupted is not None:
+                    self._checkpoint_interrupted_run()
+                self._call("on_fit_end")
         except BaseException as exc:
             self._call("on_exception", exc)
             raise
         finally:
             self._fitting = False
-            self._call("teardown", "fit")
+            self._call("teardown", "fit")  # also waits for ModelCheckpoint's pending writes
             self.sync_module()
             if self.logger is not None:
                 self.logger.flush()
+        if self.interrupted is not None:
+            print(f"artrainer: fit stopped by {self.interrupted.name} after step {self.global_step}; "
+                  f"checkpoint {self._interrupt_checkpoint}. Resume with fit(..., ckpt_path='last').",
+                  file=sys.stderr)
 
     def validate(self, module: ARModule, val_data: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         """Exact (element-weighted) validation metrics of ``module`` over ``val_data``."""
@@ -202,6 +215,11 @@ class Trainer:
             nnx.update(self.optimizer, self._state["optimizer"])
             self._dirty = False
 
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped for a non-finite loss or gradient (``TerminateOnNaN(skip_bad_steps=True)``)."""
+        return 0 if self._health is None else int(jax.device_get(self._health["skipped"]))
+
     def nonfinite(self) -> tuple[int, str] | None:
         """``(step, 'loss' | 'grad_norm')`` of the first non-finite value so far, else None."""
         if self._health is None:
@@ -215,8 +233,10 @@ class Trainer:
         bad = self.nonfinite()
         if bad is not None:
             step, what = bad
+            skipping = self._skip_nonfinite()
+            streak = f" after {skipping} skipped bad steps in a row" if skipping else ""
             raise DivergenceError(
-                f"non-finite {what} at step {step} (NaN or Inf); training stopped and no "
+                f"non-finite {what} at step {step}{streak} (NaN or Inf); training stopped and no "
                 f"checkpoint of the diverged state was written. Resume from the last good one "
                 f"with fit(..., ckpt_path='last') after lowering the learning rate or clipping.")
 
@@ -275,8 +295,15 @@ class Trainer:
             state = jax.device_put(state, DeviceManager().get_device())
         step = compiled_step.make_train_step(
             nnx.graphdef(module), nnx.graphdef(optimizer), seed=self.seed,
-            accumulate=self.accumulate_grad_batches, precision=self.precision, state_shardings=shardings)
+            accumulate=self.accumulate_grad_batches, precision=self.precision, state_shardings=shardings,
+            skip_nonfinite=self._skip_nonfinite())
         return TrainStepPlan(optimizer, nnx.graphdef(module), state, step)
+
+    def _skip_nonfinite(self) -> int:
+        """Bad steps in a row to skip before stopping (TerminateOnNaN(skip_bad_steps=True)); 0: none."""
+        from artrainer.callbacks import TerminateOnNaN
+        return max((cb.max_consecutive_bad_steps for cb in self.callbacks
+                    if isinstance(cb, TerminateOnNaN) and cb.skip_bad_steps), default=0)
 
     def place_batch(self, batch, accumulate: int = 1):
         """This process's rows of ``batch`` as global arrays split over the mesh (as given on one device)."""
@@ -368,6 +395,7 @@ class Trainer:
     def _setup(self, module, train_data):
         self.module, self.train_data = module, train_data
         self.global_step, self.current_epoch, self.should_stop = 0, 0, False
+        self.interrupted, self._interrupt_checkpoint = None, None
         self.resumed_step = None
         self.callback_metrics, self._metric_steps = {}, {}
         self.num_training_batches = len(train_data) if hasattr(train_data, "__len__") else None
@@ -419,14 +447,17 @@ class Trainer:
             if step not in store.steps():
                 raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no complete checkpoint for step {step} "
                                         f"in {directory} (found {store.steps()})")
-            state, meta = store.restore(step, self._state)
+            older = sorted((s for s in store.steps() if s < step), reverse=True) if ckpt_path == "last" else []
+            state, meta = self._restore_newest_good(store, [step, *older])
         finally:
             store.close()
         self._state, self._dirty = state, True
         self.global_step = self.resumed_step = int(meta["global_step"])
         self.current_epoch = int(meta["next_epoch"])
         self._restored_sums = meta.get("train_sums")
-        self._health = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), meta["health"])
+        # Checkpoints written before the skip counters existed lack them.
+        health = {**jax.device_get(compiled_step.init_health()), "steps": self.global_step, **meta["health"]}
+        self._health = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), health)
         self._call("on_load_checkpoint", meta)
         states = meta.get("callbacks", {})
         known = {cb.state_key for cb in self.callbacks}
@@ -441,6 +472,38 @@ class Trainer:
         if meta.get("loader") is not None and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(meta["loader"])
         return next_batch, epoch_body_done
+
+    def _stop_on_signal(self, sig: signal.Signals) -> None:
+        self.interrupted, self.should_stop = sig, True
+
+    def _checkpoint_interrupted_run(self) -> None:
+        """Make sure the step reached is on disk: ModelCheckpoint's save at train end, or our own."""
+        from artrainer.callbacks import ModelCheckpoint
+        owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        directory = owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+        self._interrupt_checkpoint = os.path.join(directory, str(self.global_step))
+        if self.global_step in (self.resumed_step, owner.last_saved_step if owner is not None else None):
+            return
+        store = CheckpointStore(directory, top_k=-1, scored=False, async_save=False)
+        try:
+            arrays, meta = self.checkpoint()
+            store.save(self.global_step, arrays, meta)
+            store.wait()
+        finally:
+            store.close()
+
+    def _restore_newest_good(self, store: CheckpointStore, steps: list[int]):
+        """Restore the first of ``steps`` that reads back intact, warning about each damaged
+        one passed over; with none left, the error of the first."""
+        first_error = None
+        for step in steps:
+            try:
+                return store.restore(step, self._state)
+            except CorruptCheckpointError as error:
+                first_error = first_error or error
+                if step != steps[-1]:
+                    warnings.warn(f"{error}; falling back to the previous checkpoint", stacklevel=4)
+        raise first_error
 
     def _train(self, train_data, val_data, consumed: int, epoch_body_done: bool) -> None:
         restored_loader = hasattr(train_data, "load_state_dict")

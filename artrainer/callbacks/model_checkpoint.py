@@ -16,7 +16,8 @@ class ModelCheckpoint(Callback):
     When it saves: every ``every_n_steps`` training steps if given; else after each
     validation if ``monitor`` is set; else at the end of each epoch; and, with
     ``save_last``, at the end of training. What it keeps: the newest checkpoint
-    (``save_last``) and the ``save_top_k`` best by ``monitor`` (``mode='min'``: lower
+    (``save_last``; the ``keep_last_n`` newest, so that ``ckpt_path='last'`` has a fallback
+    should the newest be damaged) and the ``save_top_k`` best by ``monitor`` (``mode='min'``: lower
     is better); ``save_top_k=-1`` keeps all. Saves are asynchronous (``async_save``)
     and atomic; a diverged state is refused, so the last good checkpoint survives.
     Checkpoints land in ``dirpath`` (default ``<default_root_dir>/checkpoints``), one
@@ -28,7 +29,7 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, dirpath: str | os.PathLike | None = None, *, every_n_steps: int | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
-                 save_last: bool = True, async_save: bool = True):
+                 save_last: bool = True, async_save: bool = True, keep_last_n: int = 1):
         if mode not in ("min", "max"):
             raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
@@ -38,11 +39,14 @@ class ModelCheckpoint(Callback):
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise ValueError(f"save_top_k={save_top_k} ranks checkpoints, which needs a monitor metric; "
                              "set monitor= (e.g. 'val/loss') or use save_top_k in (-1, 0, 1)")
+        if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1:
+            raise ValueError(f"keep_last_n={keep_last_n!r} must be an int >= 1")
         if save_top_k == 0 and not save_last:
             raise ValueError("save_top_k=0 with save_last=False would never keep a checkpoint")
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
         self.every_n_steps, self.monitor, self.mode = every_n_steps, monitor, mode
         self.save_top_k, self.save_last, self.async_save = save_top_k, save_last, async_save
+        self.keep_last_n = keep_last_n
         self.best_k_models: dict[int, float] = {}
         self.last_saved_step: int | None = None
         self._store: CheckpointStore | None = None
@@ -87,7 +91,7 @@ class ModelCheckpoint(Callback):
         self.best_k_models, self.last_saved_step, self._pending = {}, None, False  # per fit; resume reloads
         keep_all = self.save_top_k == -1
         self._store = CheckpointStore(
-            directory, keep_last=self.save_last or self.monitor is None,
+            directory, keep_last=self.keep_last_n if (self.save_last or self.monitor is None) else 0,
             top_k=-1 if keep_all else (self.save_top_k if self.monitor else 0),
             mode=self.mode, scored=self.monitor is not None, async_save=self.async_save)
 

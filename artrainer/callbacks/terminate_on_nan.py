@@ -13,19 +13,33 @@ class TerminateOnNaN(Callback):
     and at the end of training, or every ``check_every_n_steps`` steps if given (each
     check waits for the step to finish). ModelCheckpoint checks the same flag before
     every save, so a diverged state is never written. The Trainer adds one by default.
+
+    ``skip_bad_steps=True`` makes the compiled step keep the previous weights and
+    optimizer state instead of applying an update whose loss or gradients are not
+    finite; the run goes on, ``trainer.skipped_steps`` counts them (logged as
+    ``skipped_steps``), and it stops only after ``max_consecutive_bad_steps`` in a row.
     """
 
     uses_module = False
 
-    def __init__(self, check_every_n_steps: int | None = None):
+    def __init__(self, check_every_n_steps: int | None = None, *, skip_bad_steps: bool = False,
+                 max_consecutive_bad_steps: int = 10):
         if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
             raise ValueError(f"check_every_n_steps={check_every_n_steps!r} must be None or an int >= 1")
+        if not isinstance(skip_bad_steps, bool):
+            raise TypeError(f"skip_bad_steps must be a bool; got {skip_bad_steps!r}")
+        if (isinstance(max_consecutive_bad_steps, bool) or not isinstance(max_consecutive_bad_steps, int)
+                or max_consecutive_bad_steps < 1):
+            raise ValueError(f"max_consecutive_bad_steps={max_consecutive_bad_steps!r} must be an int >= 1")
         self.check_every_n_steps = check_every_n_steps
+        self.skip_bad_steps, self.max_consecutive_bad_steps = skip_bad_steps, max_consecutive_bad_steps
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         every = self.check_every_n_steps
         if trainer.is_log_step if every is None else trainer.global_step % every == 0:
             trainer.check_finite()
+            if self.skip_bad_steps and trainer.is_log_step:
+                trainer.callback_metrics["skipped_steps"] = trainer.skipped_steps
 
     def on_train_end(self, trainer, module):
         trainer.check_finite()
