@@ -141,10 +141,17 @@ class CheckpointStore:
                                          f"back differ from what was saved, e.g. {bad[0]!r}")
 
     def steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        """The complete checkpoints. Orbax deletes a superseded step in place, so a crash
+        during that delete leaves a directory it would still list: both items must be there."""
+        return [step for step in self._manager.all_steps() if self._complete(step)]
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        steps = self.steps()
+        return max(steps) if steps else None
+
+    def _complete(self, step: int) -> bool:
+        path = self._path(step)
+        return all(os.path.exists(os.path.join(path, item)) for item in ("state/_METADATA", "meta/metadata"))
 
     def best_step(self) -> int | None:
         return self._manager.best_step()
