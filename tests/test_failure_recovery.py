@@ -172,6 +172,15 @@ def test_unwritable_checkpoint_directory_fails_at_start(tmp_path):
         trainer(tmp_path, ModelCheckpoint(blocker / "checkpoints")).fit(BigramLM(rngs=nnx.Rngs(0)), loader())
 
 
+def test_unwritable_log_directory_fails_before_the_first_step(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    run = Trainer(max_steps=STEPS, default_root_dir=str(blocker / "runs"), enable_progress_bar=False)
+    with pytest.raises(OSError, match="cannot create TensorBoard log directory .*a-file"):
+        run.fit(BigramLM(rngs=nnx.Rngs(0)), loader())
+    assert run.global_step == 0
+
+
 def test_a_failing_save_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
     original = CheckpointStore.save
 
