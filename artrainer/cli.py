@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from artrainer import distributed
 from artrainer.callbacks import GradientClipping, LRWarmup, ModelCheckpoint, load_callback
 from artrainer.data import DataLoader
+from artrainer.sampling.processors import SamplingConfig
 from artrainer.trainer import PRECISIONS, Trainer
+
+#: The SamplingConfig fields a recipe may have flags for (``--top-k`` sets ``top_k``, ...).
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "repetition_penalty")
 
 
 def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +49,44 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
                        help="add a user callback (repeatable), e.g. callbacks/ema.py:EMA:'{\"decay\": 0.99}'")
 
 
+def check_flag(args: argparse.Namespace, name: str, allowed: str, ok: Callable[[Any], bool]) -> None:
+    """Refuse the value of the flag for ``args.<name>`` unless it is unset (None) or ``ok(value)``.
+
+    The ValueError names the flag, its value and what is ``allowed``, so recipes call this
+    on their flags before loading data or training, instead of failing deep inside later.
+    """
+    value = getattr(args, name)
+    if value is not None and not ok(value):
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} {value!r} is not allowed: {name} must be {allowed}")
+
+
+def positive_number(value: float) -> bool:
+    """For :func:`check_flag`: a finite number > 0 (so neither nan nor inf)."""
+    return math.isfinite(value) and value > 0
+
+
+def check_trainer_arguments(args: argparse.Namespace) -> None:
+    """The checks of :func:`add_trainer_arguments`' flags that the Trainer and its callbacks do
+    not make themselves (they refuse e.g. ``--max-steps 0`` when they are built)."""
+    check_flag(args, "lr", "a finite number > 0", positive_number)
+
+
+def check_sampling_flags(args: argparse.Namespace) -> SamplingConfig:
+    """The SamplingConfig of the recipe's sampling flags (those of ``SAMPLING_FLAGS`` it has).
+
+    Built up front, even where nothing will be sampled, so that a bad value fails at once
+    rather than at the first sample, after training has started, or not at all.
+    """
+    flags = {name: getattr(args, name) for name in SAMPLING_FLAGS if hasattr(args, name)}
+    for name, value in flags.items():  # One at a time, so the error names the flag.
+        try:
+            SamplingConfig.create(**{name: value})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--{name.replace('_', '-')} {value!r} is not allowed: {exc}") from None
+    return SamplingConfig.create(**flags)
+
+
 def start_processes(args: argparse.Namespace) -> None:
     """With ``--distributed``, join the multi-host run; call it before anything touches a device."""
     if args.distributed:
@@ -63,7 +108,7 @@ def build_trainer(args: argparse.Namespace, extra_callbacks=()) -> Trainer:
     if args.warmup_steps:
         decay_steps = args.max_steps if args.decay in ("cosine", "linear") else None
         callbacks.append(LRWarmup(args.warmup_steps, decay=args.decay, decay_steps=decay_steps))
-    if args.clip_norm:
+    if args.clip_norm is not None:  # GradientClipping refuses 0 and nan rather than ignoring them.
         callbacks.append(GradientClipping(args.clip_norm))
     callbacks += [load_callback(spec) for spec in args.callback]
     callbacks += list(extra_callbacks)

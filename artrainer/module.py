@@ -34,6 +34,18 @@ class ARModule(nnx.Module):
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
 
+    @property
+    def input_value_limit(self) -> int | None:
+        """Exclusive upper bound of the integer values in ``batch[input_key]``, which the Trainer
+        checks on the host for every batch (the compiled step cannot read them): ``vocab_size``
+        for token ids, 256 for 8-bit pixel values, ``quantization_channels`` for mu-law codes.
+        None leaves the values unchecked; override it where the bound lives elsewhere."""
+        if self.input_key == "images":
+            return 256
+        if self.input_key == "waveform":
+            return getattr(self, "quantization_channels", None)
+        return getattr(self, "vocab_size", None)
+
     def training_step(self, batch: Mapping[str, jax.Array],
                       rngs: nnx.Rngs) -> tuple[jax.Array, dict[str, jax.Array]]:
         """One forward pass in training mode; returns ``(loss, metrics)``."""

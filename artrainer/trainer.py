@@ -18,7 +18,8 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,10 +76,21 @@ class Trainer:
             raise ValueError("mesh= spreads the run over devices; give it with strategy='dp' or 'fsdp'")
         _check_interval("val_check_interval", val_check_interval)
         _check_interval("limit_val_batches", limit_val_batches, allow_zero=True)
-        callbacks = list(callbacks) if not isinstance(callbacks, Callback) else [callbacks]
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        elif isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Iterable):
+            raise TypeError(f"callbacks must be an iterable of artrainer.Callback instances (() for none); "
+                            f"got {callbacks!r} ({type(callbacks).__name__})")
+        callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be artrainer.Callback instances; got {cb!r}")
+        if not isinstance(default_root_dir, (str, os.PathLike)):
+            raise TypeError(f"default_root_dir must be a str or os.PathLike directory; got {default_root_dir!r} "
+                            f"({type(default_root_dir).__name__})")
+        if not isinstance(enable_progress_bar, (bool, np.bool_)):
+            raise TypeError(f"enable_progress_bar must be a bool (True or False); got {enable_progress_bar!r} "
+                            f"({type(enable_progress_bar).__name__})")
 
         self.max_steps, self.max_epochs = max_steps, max_epochs
         self.log_every_n_steps = log_every_n_steps
@@ -153,6 +165,7 @@ class Trainer:
         """Exact (element-weighted) validation metrics of ``module`` over ``val_data``."""
         if not isinstance(module, ARModule):
             raise TypeError(f"module must be an artrainer.ARModule; got {type(module).__name__}")
+        _check_batches("val_data", val_data)
         if self._fitting:  # called from a callback: evaluate the run's current weights
             return self._validation_loop(val_data)
         self.sync_module()
@@ -378,10 +391,9 @@ class Trainer:
         if self.max_steps is None and self.max_epochs is None:
             raise ValueError("Trainer needs max_steps or max_epochs to know when fit() ends; "
                              "both are None")
-        for name, data in (("train_data", train_data), ("val_data", val_data)):
-            if data is not None and (isinstance(data, (Mapping, str, bytes)) or not hasattr(data, "__iter__")):
-                raise TypeError(f"{name} must be an iterable of batch dicts (e.g. a list or an "
-                                f"artrainer.data.DataLoader); got {type(data).__name__}")
+        _check_batches("train_data", train_data)
+        if val_data is not None:
+            _check_batches("val_data", val_data)
         if isinstance(self.val_check_interval, float) and not hasattr(train_data, "__len__"):
             raise ValueError(f"val_check_interval={self.val_check_interval} is a fraction of an epoch, "
                              "but train_data has no len(); pass an int number of steps instead")
@@ -404,7 +416,7 @@ class Trainer:
         self.optimizer, self._model_def, self._state = plan.optimizer, plan.model_def, plan.state
         self._train_step = plan.step
         self._dirty = True  # the module should hold the placed arrays too
-        self._train_checker = _BatchChecker("train_data", module.input_key)
+        self._train_checker = _BatchChecker("train_data", module.input_key, module.input_value_limit)
         self._sums = None
         self._restored_sums = None
         self._health = compiled_step.init_health()
@@ -644,7 +656,7 @@ class Trainer:
         self._call("on_validation_start")
         position = val_data.state_dict() if hasattr(val_data, "load_state_dict") else None
         model_state = self.eval_model_state()
-        checker = _BatchChecker("val_data", self.module.input_key)
+        checker = _BatchChecker("val_data", self.module.input_key, self.module.input_value_limit)
         eval_step = self._eval_step_for(self.module)
         sums = None
         batches = iter(val_data)
@@ -659,7 +671,10 @@ class Trainer:
                 batches.close()
             if position is not None:
                 val_data.load_state_dict(position)
-        metrics = {f"val/{k}": v for k, v in (MetricSums.compute(sums) if sums is not None else {}).items()}
+        if sums is None:
+            raise ValueError("val_data yielded no batches; is it an empty list or an exhausted iterator? "
+                             "Pass a re-iterable with at least one batch (a list, a DataLoader)")
+        metrics = {f"val/{k}": v for k, v in MetricSums.compute(sums).items()}
         self._set_metrics(metrics)
         self._call("on_validation_end")
         return metrics
@@ -703,22 +718,35 @@ class TrainStepPlan:
 
 
 class _BatchChecker:
-    """Checks each batch against the first: same keys, shapes and dtypes (one compile)."""
+    """Checks each batch against the first: same keys, shapes and dtypes (one compile), and
+    the integer values of the module's input in ``[0, value_limit)`` (a host-side min / max;
+    the compiled step cannot read them)."""
 
-    def __init__(self, name: str, input_key: str):
-        self.name, self.input_key = name, input_key
+    def __init__(self, name: str, input_key: str, value_limit: int | None = None):
+        self.name, self.input_key, self.value_limit = name, input_key, value_limit
         self.spec: dict[str, tuple] | None = None
 
     def check(self, batch) -> None:
         if not isinstance(batch, Mapping):
             raise TypeError(f"{self.name} must yield dicts of arrays; got {type(batch).__name__}")
         if self.spec is None:
-            if self.input_key not in batch:
-                raise ValueError(f"{self.name} batches lack the module's input_key {self.input_key!r}; "
-                                 f"they have keys {sorted(batch)}")
-            self.spec = {k: (np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
-                         for k, v in batch.items()}
-            return
+            self._check_first(batch)
+        else:
+            self._check_like_first(batch)
+        self._check_input_values(batch[self.input_key])
+
+    def _check_first(self, batch) -> None:
+        if self.input_key not in batch:
+            raise ValueError(f"{self.name} batches lack the module's input_key {self.input_key!r}; "
+                             f"they have keys {sorted(batch)}")
+        for key, value in batch.items():
+            if np.ndim(value) and np.shape(value)[0] == 0:
+                raise ValueError(f"{self.name} batch[{key!r}] has shape {np.shape(value)}: a batch needs "
+                                 "at least one row")
+        self.spec = {k: (np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
+                     for k, v in batch.items()}
+
+    def _check_like_first(self, batch) -> None:
         if batch.keys() != self.spec.keys():
             raise ValueError(f"{self.name} batch keys changed from {sorted(self.spec)} to {sorted(batch)}")
         for key, (shape, dtype) in self.spec.items():
@@ -729,12 +757,31 @@ class _BatchChecker:
                     f"{getattr(value, 'dtype', '?')}, but the first batch had {shape} {dtype}; batch "
                     "shapes must stay fixed (use artrainer.data.DataLoader with last_batch='drop' or 'pad')")
 
+    def _check_input_values(self, value) -> None:
+        """Integer ids / pixel values / codes in ``[0, value_limit)``; other dtypes are left to
+        the module's own (trace-time) checks."""
+        dtype = self.spec[self.input_key][1]
+        if self.value_limit is None or not np.issubdtype(dtype, np.integer) or not np.size(value):
+            return
+        low, high = np.min(value), np.max(value)
+        if low < 0 or high >= self.value_limit:
+            raise ValueError(f"{self.name} batch[{self.input_key!r}] must hold token ids / input values in "
+                             f"[0, {self.value_limit}) (the module's input_value_limit); got "
+                             f"{low if low < 0 else high}")
+
 
 def _host_tree(tree):
     """A JSON-ready copy of a small device pytree (python ints/floats)."""
     if tree is None:
         return None
     return jax.tree.map(lambda x: np.asarray(x).item(), jax.device_get(tree))
+
+
+def _check_batches(name, data):
+    """``data`` must be an iterable of batch dicts (not None, a dict or a str)."""
+    if isinstance(data, (Mapping, str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of batch dicts (e.g. a list or an "
+                        f"artrainer.data.DataLoader); got {type(data).__name__}")
 
 
 def _check_int(name, value, *, minimum):

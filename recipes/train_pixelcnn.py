@@ -24,8 +24,8 @@ from PIL import Image
 
 from artrainer.callbacks import load_callback
 from artrainer.checkpointing import load_weights
-from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
-                           start_processes, train_and_val_loaders, write_run_config)
+from artrainer.cli import (add_trainer_arguments, check_sampling_flags, check_trainer_arguments, fit_and_report,
+                           read_run_config, start_processes, train_and_val_loaders, write_run_config)
 from artrainer.loggers import image_grid
 from artrainer.data.images import (from_hf_dataset, load_image_folder, load_mnist, load_npz,
                                    split_train_val)
@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_epochs is None:
         args.max_steps = 3000
+    check_trainer_arguments(args)
+    check_sampling_flags(args)
     return args
 
 

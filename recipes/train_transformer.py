@@ -23,8 +23,9 @@ from flax import nnx
 
 from artrainer.callbacks import SampleGenerator
 from artrainer.checkpointing import load_weights
-from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
-                           start_processes, train_and_val_loaders, write_run_config)
+from artrainer.cli import (add_trainer_arguments, check_flag, check_sampling_flags, check_trainer_arguments,
+                           fit_and_report, read_run_config, start_processes, train_and_val_loaders,
+                           write_run_config)
 from artrainer.data.text import (BPETokenizer, ByteTokenizer, CharTokenizer, load_text_dataset,
                                  read_text_files, stdlib_corpus, token_windows)
 from artrainer.models import TransformerAR
@@ -72,6 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_steps = 2000
     if not 0.0 < args.val_fraction < 1.0:
         parser.error(f"--val-fraction {args.val_fraction} must lie in (0, 1)")
+    check_trainer_arguments(args)
+    check_sampling_flags(args)
+    check_flag(args, "corpus_bytes", "an int >= 0", lambda n: n >= 0)
+    check_flag(args, "beam_size", "an int >= 1 (leave --beam-size out to sample)", lambda n: n >= 1)
+    if args.generate:  # The model checks the upper bound, its sequence length.
+        check_flag(args, "max_length", "an int >= 2", lambda n: n >= 2)
+    else:
+        check_flag(args, "max_length", f"an int in [2, --seq-len={args.seq_len}]",
+                   lambda n: 2 <= n <= args.seq_len)
     return args
 
 
@@ -139,7 +149,7 @@ def generate(args) -> int:
     step = load_weights(model, args.checkpoint or os.path.join(args.out, "checkpoints"))
     prompt = [tokenizer.bos_token_id] + (tokenizer.encode(args.prompt) if args.prompt else [])
     rngs = nnx.Rngs(sample=args.seed)
-    if args.beam_size:
+    if args.beam_size is not None:
         sequences, scores = model.beam_search(args.beam_size, args.max_length, prompt=prompt,
                                               length_penalty=args.length_penalty,
                                               eos_token_id=tokenizer.eos_token_id if args.stop_at_eos else None)

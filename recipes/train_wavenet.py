@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -25,8 +26,9 @@ from flax import nnx
 
 from artrainer.callbacks import load_callback
 from artrainer.checkpointing import load_weights
-from artrainer.cli import (add_trainer_arguments, fit_and_report, read_run_config,
-                           start_processes, train_and_val_loaders, write_run_config)
+from artrainer.cli import (add_trainer_arguments, check_flag, check_sampling_flags, check_trainer_arguments,
+                           fit_and_report, read_run_config, start_processes, train_and_val_loaders,
+                           write_run_config)
 from artrainer.data.audio import load_fsdd, load_wav_folder, mu_law_encode, read_wav, split_by_speaker, write_wav
 from artrainer.data.images import split_train_val
 from artrainer.models import WaveNet
@@ -34,6 +36,7 @@ from artrainer.models import WaveNet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FSDD = os.path.join(ROOT, "..", "shared", "data", "fsdd")
 SAMPLE_WRITER = os.path.join(ROOT, "callbacks", "sample_writer.py")
+MAX_CLIP_SAMPLES = 2**24  # per generated clip: 35 minutes at 8 kHz
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_epochs is None:
         args.max_steps = 2000
+    check_trainer_arguments(args)
+    check_sampling_flags(args)
+    check_flag(args, "sample_rate", "an int >= 1 (Hz)", lambda rate: rate >= 1)
     return args
+
+
+def clip_samples(args, sample_rate: int) -> int:
+    """Samples per generated clip of ``--seconds`` at ``sample_rate``; checked before any work."""
+    check_flag(args, "seconds", f"a number > 0 giving 1 to {MAX_CLIP_SAMPLES} samples at {sample_rate} Hz",
+               lambda seconds: math.isfinite(seconds) and 1 <= seconds * sample_rate <= MAX_CLIP_SAMPLES)
+    return int(args.seconds * sample_rate)
 
 
 def load_audio(args) -> tuple[dict, dict]:
@@ -74,6 +87,8 @@ def load_audio(args) -> tuple[dict, dict]:
         data = load_wav_folder(args.wav_folder, sample_rate=args.sample_rate, length=args.window)
         data.pop("classes", None)  # one name per class, not per window
         n = len(data["waveform"])
+        check_flag(args, "n_val", f"an int in [1, {n - 1}]: the wav folder gives {n} windows and at least one "
+                   "must stay for training", lambda n_val: 1 <= n_val < n)
         return split_train_val(data, n - args.n_val, args.n_val, seed=args.seed)
     data = load_fsdd(args.fsdd_dir, sample_rate=args.sample_rate, length=args.window)
     return split_by_speaker(data, args.val_speakers.split(","))
@@ -87,6 +102,7 @@ def build_model(config: dict, seed: int) -> WaveNet:
 
 
 def train(args) -> int:
+    max_length = clip_samples(args, args.sample_rate)
     train_data, val_data = load_audio(args)
     num_classes = None
     if args.conditional:
@@ -102,7 +118,7 @@ def train(args) -> int:
     train_loader, val_loader = train_and_val_loaders(args, {k: train_data[k] for k in keep},
                                                      {k: val_data[k] for k in keep})
     model = build_model(config, args.seed)
-    generate_kwargs = {"max_length": int(args.seconds * args.sample_rate), "temperature": args.temperature}
+    generate_kwargs = {"max_length": max_length, "temperature": args.temperature}
     if num_classes:
         generate_kwargs["class_label"] = list(range(args.n_samples))
     writer_kwargs = {"every_n_steps": args.sample_every, "n_samples": args.n_samples,
@@ -113,6 +129,7 @@ def train(args) -> int:
 
 def generate(args) -> int:
     config = read_run_config(args.out)
+    length = clip_samples(args, config["sample_rate"])
     model = build_model(config, args.seed)
     step = load_weights(model, os.path.join(args.out, "checkpoints"))
     prompt, name = None, f"sample_step{step}"
@@ -122,7 +139,7 @@ def generate(args) -> int:
         name = f"continued_step{step}"
     if args.digit is not None:
         name = f"digit{args.digit}_step{step}"
-    length = int(args.seconds * model.sample_rate) + (0 if prompt is None else len(prompt))
+    length += 0 if prompt is None else len(prompt)
     codes = model.generate(args.n_samples, length, args.temperature, rngs=nnx.Rngs(sample=args.seed),
                            prompt=prompt, class_label=args.digit)
     for i, clip in enumerate(model.to_audio(codes)):

@@ -45,18 +45,19 @@ def mu_law_encode(audio: ArrayLike, quantization_channels: int = QUANTIZATION_CH
     With μ = quantization_channels - 1, f = sign(x)·ln(1 + μ|x|)/ln(1 + μ) and the code is
     floor((f + 1)/2·μ + 0.5): halves round up, so silence (127.5 for 256 channels) is code
     128, -1 is 0 and 1 is μ. Samples beyond ±1 saturate at the end codes. A jax array
-    (traced or not) gives a jax array computed in its own precision; numpy input is
-    computed in float64 and refused if it holds NaN, which traced values cannot be checked for.
+    (traced or not) gives a jax array computed in its own precision, numpy input one computed
+    in float64. Input holding NaN is refused, unless it is traced (its values cannot be read).
     """
     mu = _check_channels(quantization_channels) - 1
     xp = _array_module(audio)
     audio = xp.asarray(audio)
     if not xp.issubdtype(audio.dtype, xp.floating):
         raise TypeError(f"audio must hold float samples in [-1, 1], got dtype {audio.dtype}")
+    values = _readable_values(audio)
+    if values is not None and np.isnan(values).any():
+        raise ValueError(f"audio holds NaN at index {_first_index(np.isnan(values))}, which has no mu-law code")
     if xp is np:
         audio = audio.astype(np.float64)
-        if np.isnan(audio).any():
-            raise ValueError(f"audio holds NaN at index {_first_index(np.isnan(audio))}, which has no mu-law code")
     audio = xp.clip(audio, -1.0, 1.0)
     companded = xp.sign(audio) * xp.log1p(mu * xp.abs(audio)) / math.log1p(mu)
     return xp.floor((companded + 1) / 2 * mu + 0.5).astype(xp.int32)
@@ -66,20 +67,21 @@ def mu_law_decode(codes: ArrayLike, quantization_channels: int = QUANTIZATION_CH
     """Mu-law codes as float32 audio in [-1, 1], the inverse of :func:`mu_law_encode`.
 
     f = 2·code/μ - 1 and x = sign(f)·((1 + μ)^|f| - 1)/μ; encoding the result gives back
-    the same codes. Codes must be integers; numpy input must also lie in ``[0, μ]``
-    (traced jax values cannot be checked, and codes outside decode beyond ±1).
+    the same codes. Codes must be integers in ``[0, μ]`` (codes outside decode beyond ±1);
+    only traced jax values cannot be checked.
     """
     mu = _check_channels(quantization_channels) - 1
     xp = _array_module(codes)
     codes = xp.asarray(codes)
     if not xp.issubdtype(codes.dtype, xp.integer):
         raise TypeError(f"codes must hold integer mu-law codes in [0, {mu}], got dtype {codes.dtype}")
-    if xp is np:
-        outside = (codes < 0) | (codes > mu)
+    values = _readable_values(codes)
+    if values is not None:
+        outside = (values < 0) | (values > mu)
         if outside.any():
             index = _first_index(outside)
             raise ValueError(f"codes must lie in [0, {mu}] for quantization_channels={mu + 1}, "
-                             f"got {codes[index]} at index {index}")
+                             f"got {values[index]} at index {index}")
     float_codes = codes.astype(xp.float64 if xp is np else xp.float32)
     companded = (2 * float_codes - mu) / mu  # 2c - μ is exact, so the centre codes keep their precision.
     audio = xp.sign(companded) * xp.expm1(xp.abs(companded) * math.log1p(mu)) / mu
@@ -346,6 +348,15 @@ def _array_module(array: Any) -> ModuleType:
     if jax is not None and isinstance(array, jax.Array):
         return jax.numpy
     return np
+
+
+def _readable_values(array: Any) -> np.ndarray | None:
+    """``array``'s values as numpy, copied to the host for a concrete jax array; None for a
+    jax tracer, whose values do not exist until the compiled code runs."""
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(array, jax.core.Tracer):
+        return None
+    return np.asarray(array)
 
 
 def _fsdd_recordings(root: str | os.PathLike) -> list[tuple[int, str, int, Path]]:

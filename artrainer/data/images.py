@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import struct
+import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ ImageData = dict[str, np.ndarray]
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CHANNELS = (1, 3)
 _MNIST_CLASSES = 10
+#: The first bytes of an .npy file, of a pickle (protocol >= 2) and of a zip file such as an
+#: .npz (the second zip magic starts an empty archive): load_npz tells them apart by these.
+_NPY_MAGIC = b"\x93NUMPY"
+_PICKLE_MAGIC = b"\x80"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -94,12 +100,20 @@ def load_npz(path: str | os.PathLike, *, images_key: str = "images",
     where = os.fspath(path)
     keys = [key for key in (images_key, labels_key) if key is not None]
     refused = "cannot be loaded without unpickling (allow_pickle=False)"
+    with open(path, "rb") as file:
+        magic = file.read(len(_NPY_MAGIC))
+    if magic.startswith(_NPY_MAGIC):
+        raise ValueError(f"{where!r} holds a single .npy array, not an .npz archive of {keys}")
+    if magic[:1] == _PICKLE_MAGIC:
+        raise ValueError(f"{where!r} {refused}: it is a Python pickle, not an .npz archive")
+    if not magic.startswith(_ZIP_MAGICS):
+        raise ValueError(f"{where!r} is not a valid .npz archive (a zip file of .npy arrays): "
+                         f"it starts with {magic!r}")
+    unreadable = (zipfile.BadZipFile, EOFError, zlib.error)  # A truncated or corrupt zip file.
     try:
         loaded = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # numpy's refusals name neither the file nor the array.
-        raise ValueError(f"{where!r} {refused}: {exc}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"{where!r} holds a single .npy array, not an .npz archive of {keys}")
+    except unreadable as exc:
+        raise ValueError(f"{where!r} is a truncated or corrupt .npz archive: {exc}") from None
     with loaded as archive:
         missing = [key for key in keys if key not in archive.files]
         if missing:
@@ -109,8 +123,10 @@ def load_npz(path: str | os.PathLike, *, images_key: str = "images",
         for key in keys:
             try:
                 arrays[key] = archive[key]
-            except ValueError as exc:
+            except ValueError as exc:  # numpy's refusals name neither the file nor the array.
                 raise ValueError(f"{where!r}[{key!r}] {refused}: {exc}") from None
+            except unreadable as exc:
+                raise ValueError(f"{where!r}[{key!r}] is truncated or corrupt: {exc}") from None
     return _image_data(arrays[images_key], arrays.get(labels_key), num_classes=None,
                        images_name=f"{where!r}[{images_key!r}]", labels_name=f"{where!r}[{labels_key!r}]")
 

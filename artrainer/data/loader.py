@@ -68,7 +68,10 @@ class DataLoader:
         if last_batch not in _LAST_BATCH_MODES:
             raise ValueError(f"last_batch must be one of {_LAST_BATCH_MODES}, got {last_batch!r}")
         self.last_batch = last_batch
-        self.shuffle = shuffle
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool (True or False), got {shuffle!r} of type "
+                            f"{type(shuffle).__name__}")
+        self.shuffle = bool(shuffle)
 
         self._num_examples, self.columns, self._gather = _open_source(source, columns)
         if last_batch == "pad" and _MASK_KEY in self.columns:
@@ -172,6 +175,9 @@ def _open_source(source: Any, columns: Sequence[str] | None) -> tuple[int, tuple
     """Validates `source` and returns (num_examples, column names, row gatherer)."""
     if isinstance(columns, str):
         raise TypeError(f"columns must be a sequence of column names, not the str {columns!r}")
+    if columns is not None and not isinstance(columns, Sequence):
+        raise TypeError(f"columns must be None or a sequence of column names, got {columns!r} "
+                        f"of type {type(columns).__name__}")
     if columns is not None and not columns:
         raise ValueError("columns must name at least one column, got an empty sequence")
 
@@ -192,7 +198,7 @@ def _open_source(source: Any, columns: Sequence[str] | None) -> tuple[int, tuple
     if not source:
         raise ValueError("source is empty: it must have at least one column")
     names = _select(tuple(source), columns)
-    arrays = {name: np.asarray(source[name]) for name in names}
+    arrays = {name: _column_array(name, source[name]) for name in names}
     scalars = [name for name, array in arrays.items() if array.ndim == 0]
     if scalars:
         raise ValueError(f"source columns {scalars} are scalars; every column needs a leading example axis")
@@ -201,6 +207,19 @@ def _open_source(source: Any, columns: Sequence[str] | None) -> tuple[int, tuple
         raise ValueError(f"source columns must all have the same length, got lengths {lengths}")
     num_examples = _check_num_examples(next(iter(lengths.values())))
     return num_examples, names, lambda indices: {name: array[indices] for name, array in arrays.items()}
+
+
+def _column_array(name: str, column: ArrayLike) -> np.ndarray:
+    """``column`` as a numpy array of numbers or bools (a view where it already is one)."""
+    try:
+        array = np.asarray(column)
+    except ValueError as error:  # a ragged nested list
+        raise ValueError(f"source column {name!r} is ragged: its rows must all have the same shape "
+                         f"({error})") from None
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"source column {name!r} has dtype {array.dtype}; columns must hold numbers or "
+                        "bools (bool, int, uint, float or complex arrays), which a compiled step can take")
+    return array
 
 
 def _select(available: tuple[str, ...], requested: Sequence[str] | None) -> tuple[str, ...]:

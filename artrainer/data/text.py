@@ -220,8 +220,11 @@ def preprocess(texts: Iterable[str], tokenizer: Tokenizer, max_length: int) -> d
     _check_int("max_length", max_length, minimum=2, why="room for BOS and EOS")
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of strings, not a single str")
-    rows = [[tokenizer.bos_token_id, *tokenizer.encode(text), tokenizer.eos_token_id][:max_length]
-            for text in texts]
+    rows = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must hold strings; texts[{index}] is a {type(text).__name__}")
+        rows.append([tokenizer.bos_token_id, *tokenizer.encode(text), tokenizer.eos_token_id][:max_length])
     if not rows:
         raise ValueError("texts is empty: nothing to preprocess")
     lengths = np.array([len(row) for row in rows])
@@ -279,6 +282,9 @@ def load_text_dataset(path_or_name: str | os.PathLike, *, split: str = "train", 
 
 def read_text_files(paths: Iterable[str | os.PathLike]) -> str:
     """Concatenate text files (UTF-8, undecodable bytes replaced); errors name the file."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a list of file paths, not a single {type(paths).__name__} "
+                        f"({paths!r}); pass [path]")
     parts = []
     for path in paths:
         try:
@@ -292,6 +298,7 @@ def read_text_files(paths: Iterable[str | os.PathLike]) -> str:
 
 def stdlib_corpus(max_bytes: int = 4_000_000) -> str:
     """The Python standard library's own ``.py`` sources: a corpus every machine has."""
+    _check_int("max_bytes", max_bytes, minimum=0)
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if p.is_file())
     text, size = [], 0
@@ -308,11 +315,19 @@ def token_windows(ids: np.ndarray | list[int], length: int, *, bos_token_id: int
     """Cut a token stream into non-overlapping int32 windows ``[N, length]``.
 
     With ``bos_token_id`` every window starts with BOS followed by ``length - 1``
-    tokens, so the model also learns to predict a window's first real token.
+    tokens, so the model also learns to predict a window's first real token. ``ids`` must
+    be one sequence of integer token ids in int32's range.
     """
-    if not isinstance(length, int) or length < 2:
-        raise ValueError(f"length={length!r} must be an int >= 2")
-    ids = np.asarray(ids, np.int32)
+    _check_int("length", length, minimum=2)
+    ids = np.asarray(list(ids) if isinstance(ids, Iterator) else ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be one sequence of token ids (1-D), got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids must be integer token ids, got dtype {ids.dtype}")
+    int32 = np.iinfo(np.int32)
+    if ids.size and (ids.min() < 0 or ids.max() > int32.max):
+        raise ValueError(f"ids must lie in [0, {int32.max}], got values in [{ids.min()}, {ids.max()}]")
+    ids = ids.astype(np.int32)
     body = length - 1 if bos_token_id is not None else length
     count = len(ids) // body
     if count == 0:

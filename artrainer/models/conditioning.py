@@ -14,20 +14,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artrainer.models.inputs import check_int_values
+from artrainer.models.inputs import check_int_values, host_or_jax_array
 
 
-def check_class_labels(labels, num_classes: int | None, batch_size: int, *, name: str = "labels") -> None:
-    """Raise unless ``labels`` are ``batch_size`` int class ids in ``[0, num_classes)``.
+def check_class_labels(labels, num_classes: int | None, batch_size: int, *, name: str = "labels") -> jax.Array:
+    """``labels`` as a jax array, unless they are not ``batch_size`` int class ids in
+    ``[0, num_classes)``: host labels are checked before the conversion (see :mod:`artrainer.models.inputs`).
 
     ``num_classes=None`` means the model is unconditional, so any labels are an error.
     """
     if num_classes is None:
         raise ValueError(f"{name} given, but the model is unconditional (num_classes=None)")
+    labels = host_or_jax_array(labels, name, what="class ids")
     if labels.shape != (batch_size,):
         raise ValueError(f"{name} must be one class id per example, shape ({batch_size},); "
                          f"got shape {labels.shape}")
     check_int_values(labels, name, num_classes, what=f"class ids (num_classes={num_classes})")
+    return jnp.asarray(labels)
 
 
 def batch_class_labels(batch: Mapping[str, jax.Array], num_classes: int | None, model: str) -> dict:
@@ -48,5 +51,4 @@ def sampling_labels(class_label, num_classes: int | None, n_samples: int) -> jax
     labels = np.asarray(class_label)
     if labels.ndim == 0:
         labels = np.full(n_samples, labels)
-    check_class_labels(labels, num_classes, n_samples, name="class_label")
-    return jnp.asarray(labels, jnp.int32)
+    return check_class_labels(labels, num_classes, n_samples, name="class_label").astype(jnp.int32)

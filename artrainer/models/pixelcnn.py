@@ -33,7 +33,7 @@ from jax import lax
 from artrainer.data.images import check_images
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_values
+from artrainer.models.inputs import check_int_values, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
@@ -283,11 +283,9 @@ class PixelCNN(ARModule):
         ``labels [B]`` condition a class-conditional model (without them no class bias is
         added). ``rngs`` and ``training`` are the ARModule interface; there is no dropout.
         """
-        images = jnp.asarray(images)
-        self._check_images(images)
+        images = self._check_images(images)
         if labels is not None:
-            labels = jnp.asarray(labels)
-            check_class_labels(labels, self._label_count, images.shape[0])
+            labels = check_class_labels(labels, self._label_count, images.shape[0])
         return {"logits": self.logits_from_float(scale_images(images), labels=labels)}
 
     def logits_from_float(self, x: jax.Array, *, labels: jax.Array | None = None) -> jax.Array:
@@ -413,12 +411,15 @@ class PixelCNN(ARModule):
         logger.log_images("samples", jax.device_get(samples), step)
 
     # -- input checks ------------------------------------------------------------------------
-    def _check_images(self, images: jax.Array) -> None:
-        """Shape and dtype always; values only when concrete (a traced batch cannot be read)."""
+    def _check_images(self, images) -> jax.Array:
+        """``images`` as a jax array, checked: shape and dtype always; values when concrete or
+        on the host (a traced batch cannot be read; see :mod:`artrainer.models.inputs`)."""
+        images = host_or_jax_array(images, "images", what="pixel values")
         if images.ndim != 4 or images.shape[1:] != self.image_shape:
             raise ValueError(f"images must have shape [batch, {', '.join(map(str, self.image_shape))}]; "
                              f"got shape {images.shape}")
         check_int_values(images, "images", NUM_VALUES, what="pixel values")
+        return jnp.asarray(images)
 
     @property
     def _label_count(self) -> int | None:

@@ -19,11 +19,11 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
-from artrainer.models.inputs import check_int_values
+from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.beam_search import beam_search
-from artrainer.sampling.decode import as_key, check_count, check_prompt, decode
-from artrainer.sampling.processors import SamplingConfig
+from artrainer.sampling.decode import as_key, check_count, check_flag, check_prompt, decode
+from artrainer.sampling.processors import SamplingConfig, check_real
 
 POSITION_ENCODINGS = ("learned", "rotary")
 ROPE_BASE = 10_000.0
@@ -214,8 +214,7 @@ class TransformerAR(ARModule):
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
                  training: bool = False) -> dict[str, jax.Array]:
-        x = jnp.asarray(x)
-        self._check_tokens(x)
+        x = self._check_tokens(x)
         logits, _ = self._forward(x, jnp.arange(x.shape[1]), rngs=rngs, training=training)
         return {"logits": logits}
 
@@ -277,6 +276,26 @@ class TransformerAR(ARModule):
         once every row has. Decoding is one compiled ``while_loop`` over a KV cache;
         ``use_cache=False`` recomputes the prefix at every step instead (same tokens).
         """
+        return self._generate(n_samples, max_length, temperature, top_k, top_p, rngs=rngs, prompt=prompt,
+                              eos_token_id=eos_token_id, repetition_penalty=repetition_penalty,
+                              use_cache=use_cache)
+
+    def sample_with_conditioning(self, conditioning, n_samples: int | None = None, max_length: int | None = None,
+                                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                                 *, rngs, eos_token_id: int | None = None,
+                                 repetition_penalty: float = 1.0) -> jax.Array:
+        """Continue ``conditioning`` (``[P]`` or ``[B, P]`` token ids): ``n_samples`` continuations
+        of a single prompt, or one per row; returns ``[n, max_length]`` with the prompt first."""
+        if conditioning is None:
+            raise ValueError("conditioning must be token ids of shape [P] or [B, P]; got None "
+                             "(generate() samples without conditioning)")
+        return self._generate(n_samples, max_length, temperature, top_k, top_p, rngs=rngs, prompt=conditioning,
+                              eos_token_id=eos_token_id, repetition_penalty=repetition_penalty,
+                              prompt_name="conditioning")
+
+    def _generate(self, n_samples, max_length, temperature, top_k, top_p, *, rngs, prompt, eos_token_id,
+                  repetition_penalty, use_cache=True, prompt_name="prompt") -> jax.Array:
+        """:meth:`generate`, with the prompt's argument name for error messages."""
         max_length = self.sequence_length if max_length is None else check_count(
             "max_length", max_length, minimum=2, maximum=self.sequence_length)
         if n_samples is not None:
@@ -285,20 +304,13 @@ class TransformerAR(ARModule):
                                        repetition_penalty=repetition_penalty, vocab_size=self.vocab_size)
         start = [self.bos_token_id or 0] if prompt is None else prompt
         prompt = check_prompt(start, n_samples=1 if prompt is None and n_samples is None else n_samples,
-                              vocab_size=self.vocab_size, max_length=max_length)
+                              vocab_size=self.vocab_size, max_length=max_length, name=prompt_name)
         eos_token_id = self._check_token_id("eos_token_id", eos_token_id)
+        use_cache = check_flag("use_cache", use_cache)
+        key = as_key(rngs)
         graphdef, state = nnx.split(self)
-        return decode(graphdef, state, jnp.asarray(prompt), as_key(rngs), max_length=max_length, config=config,
+        return decode(graphdef, state, jnp.asarray(prompt), key, max_length=max_length, config=config,
                       eos_token_id=eos_token_id, pad_token_id=self._pad_for(eos_token_id), use_cache=use_cache)
-
-    def sample_with_conditioning(self, conditioning, n_samples: int | None = None, max_length: int | None = None,
-                                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                                 *, rngs, eos_token_id: int | None = None,
-                                 repetition_penalty: float = 1.0) -> jax.Array:
-        """Continue ``conditioning`` (``[P]`` or ``[B, P]`` token ids): ``n_samples`` continuations
-        of a single prompt, or one per row; returns ``[n, max_length]`` with the prompt first."""
-        return self.generate(n_samples, max_length, temperature, top_k, top_p, rngs=rngs, prompt=conditioning,
-                             eos_token_id=eos_token_id, repetition_penalty=repetition_penalty)
 
     def generate_with_cache(self, n_samples: int | None = None, max_length: int | None = None, rngs=None,
                             **kwargs) -> jax.Array:
@@ -314,9 +326,7 @@ class TransformerAR(ARModule):
         beam_size = check_count("beam_size", beam_size)
         max_length = self.sequence_length if max_length is None else check_count(
             "max_length", max_length, minimum=2, maximum=self.sequence_length)
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real) \
-                or not math.isfinite(length_penalty):
-            raise ValueError(f"length_penalty must be a finite real number; got {length_penalty!r}")
+        length_penalty = check_real("length_penalty", length_penalty, "a finite real number")
         start = [self.bos_token_id or 0] if prompt is None else prompt
         prompt = check_prompt(start, n_samples=None, vocab_size=self.vocab_size, max_length=max_length)
         if prompt.shape[0] != 1:
@@ -324,7 +334,7 @@ class TransformerAR(ARModule):
         eos_token_id = self._check_token_id("eos_token_id", eos_token_id)
         graphdef, state = nnx.split(self)
         return beam_search(graphdef, state, jnp.asarray(prompt[0]), beam_size=beam_size, max_length=max_length,
-                           length_penalty=float(length_penalty), eos_token_id=eos_token_id,
+                           length_penalty=length_penalty, eos_token_id=eos_token_id,
                            pad_token_id=self._pad_for(eos_token_id))
 
     def log_samples(self, samples, logger, step: int) -> None:
@@ -353,6 +363,11 @@ class TransformerAR(ARModule):
         A target counts unless ``batch['mask']`` is 0 there, it equals ``pad_token_id``,
         or its row is padding (``batch['example_mask']`` = 0).
         """
+        shape = jnp.shape(batch[self.input_key])
+        if len(shape) == 2 and shape[1] < 2:
+            raise ValueError(f"TransformerAR trains on sequences of at least 2 tokens (a token has no target "
+                             f"without a next one); got batch[{self.input_key!r}] of shape {shape}")
+        check_mask_shape(batch, self.input_key)
         targets = batch[self.input_key][:, 1:]
         mask = batch["mask"][:, 1:] if "mask" in batch else None
         if self.pad_token_id is not None:
@@ -362,14 +377,17 @@ class TransformerAR(ARModule):
         metrics = categorical_metrics(outputs["logits"][:, :-1], targets, weights)
         return {key: metrics[key] for key in ("loss", "nll_loss", "perplexity", "accuracy", WEIGHT)}
 
-    def _check_tokens(self, x: jax.Array) -> None:
-        """Shape and dtype always; ids only when concrete (see :mod:`artrainer.models.inputs`)."""
+    def _check_tokens(self, x) -> jax.Array:
+        """``x`` as a jax array, checked: shape and dtype always; ids when concrete or on the
+        host (see :mod:`artrainer.models.inputs`)."""
+        x = host_or_jax_array(x, "tokens", what="token ids")
         if x.ndim != 2:
             raise ValueError(f"TransformerAR expects int tokens of shape [batch, length]; got shape {x.shape}")
         check_int_values(x, "tokens", self.vocab_size, what="token ids")
         if x.shape[1] > self.sequence_length:
             raise ValueError(f"sequence length {x.shape[1]} exceeds the model's "
                              f"sequence_length={self.sequence_length}")
+        return jnp.asarray(x)
 
 
 def _check_int(name: str, value) -> None:

@@ -34,12 +34,15 @@ from jax import lax
 from artrainer.data.audio import mu_law_decode
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_values
+from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count, check_prompt
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
 
 GENERATION_METHODS = ("fast", "naive")
+#: Longest generate() output: 2**24 codes (17 minutes at 16 kHz) per sample. The scan's
+#: buffers grow with it, and lengths past int32 cannot even reach the compiled loop.
+MAX_GENERATE_LENGTH = 2**24
 
 
 class CausalConv(nnx.Module):
@@ -179,11 +182,9 @@ class WaveNet(ARModule):
         """``{'logits': [B, T, Q]}`` of int mu-law codes ``waveform [B, T]``; ``labels [B]``
         condition a class-conditional model. There is no dropout, so ``training`` and
         ``rngs`` change nothing."""
-        waveform = jnp.asarray(waveform)
-        self._check_codes(waveform)
+        waveform = self._check_codes(waveform)
         if labels is not None:
-            labels = jnp.asarray(labels)
-            check_class_labels(labels, self.num_classes, waveform.shape[0])
+            labels = check_class_labels(labels, self.num_classes, waveform.shape[0])
         inputs = jnp.concatenate([jnp.full_like(waveform[:, :1], self.start_code), waveform[:, :-1]], axis=1)
         return {"logits": self.logits_from_embedded(self.input_embedding(inputs), labels=labels)}
 
@@ -218,6 +219,7 @@ class WaveNet(ARModule):
         Samples whose ``'mask'`` is 0 (padding after a short recording) and rows whose
         ``example_mask`` is 0 do not count; ``weight`` is the number that do.
         """
+        check_mask_shape(batch, self.input_key)
         targets = batch[self.input_key]
         weights = element_weights(batch, targets.shape, mask=batch.get("mask"))
         return categorical_metrics(outputs["logits"], targets, weights)
@@ -232,10 +234,11 @@ class WaveNet(ARModule):
         continued; ``class_label`` (an int, or one per sample) conditions a conditional
         model; ``temperature=0`` (or ``top_k=1``) is greedy. ``method='fast'`` uses the
         per-layer queues, ``'naive'`` recomputes the receptive field every sample; for the
-        same ``rngs`` both return the same samples. One compiled ``lax.scan`` per shape.
+        same ``rngs`` both return the same samples. One compiled ``lax.scan`` per shape;
+        ``max_length`` is at most :data:`MAX_GENERATE_LENGTH`.
         """
         n_samples = check_count("n_samples", n_samples)
-        max_length = check_count("max_length", max_length)
+        max_length = check_count("max_length", max_length, maximum=MAX_GENERATE_LENGTH)
         if method not in GENERATION_METHODS:
             raise ValueError(f"method={method!r} is not supported; use one of {GENERATION_METHODS}")
         config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,
@@ -259,12 +262,15 @@ class WaveNet(ARModule):
         logger.log_audio("samples", self.to_audio(samples), step, sample_rate=self.sample_rate)
 
     # -- input checks ----------------------------------------------------------------------
-    def _check_codes(self, waveform: jax.Array) -> None:
-        """Shape and dtype always; values only when concrete (a traced batch cannot be read)."""
+    def _check_codes(self, waveform) -> jax.Array:
+        """``waveform`` as a jax array, checked: shape and dtype always; values when concrete or
+        on the host (a traced batch cannot be read; see :mod:`artrainer.models.inputs`)."""
+        waveform = host_or_jax_array(waveform, "waveform", what="mu-law codes")
         if waveform.ndim != 2:
             raise ValueError(f"waveform must be mu-law codes of shape [batch, time]; got shape {waveform.shape}")
         check_int_values(waveform, "waveform", self.quantization_channels, what="mu-law codes",
                          hint=" (encode float audio with artrainer.data.audio.mu_law_encode)")
+        return jnp.asarray(waveform)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_length", "config", "method"))

@@ -1,4 +1,5 @@
-"""Sampling shared by every model: logits processors and the configuration that drives them."""
+"""Sampling shared by every model: logits processors, the configuration that drives them, and
+speculative sampling."""
 
 from artrainer.sampling.processors import (
     SamplingConfig,
@@ -10,6 +11,7 @@ from artrainer.sampling.processors import (
     sample_from_logits,
     token_log_probs,
 )
+from artrainer.sampling.speculative import speculative_sampling
 
 __all__ = [
     "SamplingConfig",
@@ -19,5 +21,6 @@ __all__ = [
     "apply_top_p",
     "process_logits",
     "sample_from_logits",
+    "speculative_sampling",
     "token_log_probs",
 ]

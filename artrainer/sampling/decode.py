@@ -11,6 +11,7 @@ structure, shapes, sampling config); it stops as soon as every row has emitted E
 from __future__ import annotations
 
 import functools
+import reprlib
 from typing import Any
 
 import jax
@@ -22,24 +23,38 @@ from artrainer.sampling.processors import SamplingConfig, sample_from_logits
 
 
 def as_key(rngs: Any, stream: str = "sample") -> jax.Array:
-    """A PRNG key from ``nnx.Rngs`` (its ``sample`` stream, falling back to default) or a key."""
+    """A PRNG key from ``nnx.Rngs`` (its ``sample`` stream, falling back to default) or a key.
+
+    A key is one typed key (``jax.random.key``, shape ``()``) or one raw ``uint32`` key of
+    shape ``(2,)`` (``jax.random.PRNGKey``); batches of keys are refused.
+    """
     if isinstance(rngs, nnx.Rngs):
         return getattr(rngs, stream)()
-    if isinstance(rngs, jax.Array) and (jnp.issubdtype(rngs.dtype, jax.dtypes.prng_key) or rngs.shape == (2,)):
-        return rngs
+    if isinstance(rngs, jax.Array):
+        if jnp.issubdtype(rngs.dtype, jax.dtypes.prng_key):
+            if rngs.shape == ():
+                return rngs
+        elif rngs.dtype == jnp.uint32 and rngs.shape == (2,):
+            return rngs
+        raise TypeError(f"rngs must be an nnx.Rngs, a single typed key (jax.random.key, shape ()) or a "
+                        f"single raw uint32 key of shape (2,); got a {rngs.dtype} array of shape {rngs.shape}")
     raise TypeError(f"rngs must be an nnx.Rngs or a jax PRNG key; got {type(rngs).__name__}")
 
 
 def check_prompt(prompt, *, n_samples: int | None, vocab_size: int, max_length: int,
                  name: str = "prompt") -> np.ndarray:
     """Host-side checks of a prompt; returns int32 ``[n, P]`` (one row repeated for n samples)."""
-    array = np.asarray(prompt)
+    try:
+        array = np.asarray(prompt)
+    except (ValueError, TypeError) as error:  # ragged rows, say
+        raise ValueError(f"{name} must be int token ids of shape [length] or [batch, length] (rows of "
+                         f"equal length); got {reprlib.repr(prompt)}: {error}") from None
     if array.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer token ids; got dtype {array.dtype}")
     if array.ndim == 1:
         array = array[None]
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name} must have shape [length] or [batch, length] with length >= 1; "
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [length] or [batch, length] with batch, length >= 1; "
                          f"got shape {np.shape(prompt)}")
     if array.min() < 0 or array.max() >= vocab_size:
         bad = array[(array < 0) | (array >= vocab_size)][0]
@@ -62,6 +77,12 @@ def check_count(name: str, value, *, minimum: int = 1, maximum: int | None = Non
         allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name}={value} must be {allowed}")
     return int(value)
+
+
+def check_flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False); got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_length", "config", "eos_token_id",

@@ -19,6 +19,11 @@ Semantics worth knowing:
 * :func:`process_logits` returns the logits :func:`sample_from_logits` draws from,
   greedy included (a point mass on the argmax), so :func:`token_log_probs` is the exact
   sampling distribution that speculative sampling and likelihood tests need.
+* Every finite setting is sampled without NaNs, however extreme. Temperature and penalty
+  are clamped to ``[2**-126, 2**126]`` (a temperature of 1e-300 acts as 1.2e-38: greedy
+  up to ties; one of 1e300 as 8.5e37: uniform over the unmasked tokens), penalised
+  logits to float32's finite range, and temperature scales the logits minus their
+  maximum, so the top logit stays 0 and no finite logit overflows to ``+inf``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import reprlib
 
 import jax
 import jax.numpy as jnp
@@ -33,23 +39,43 @@ import numpy as np
 from jax import lax
 
 
-def _real(name: str, value, allowed: str, ok) -> float:
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Temperature and penalty are clamped to [2**-126, 2**126]: float32 normal numbers whose
+# reciprocals are normal too (XLA may divide by multiplying, and flushes subnormals to 0).
+_SCALE_RANGE = (2.0**-126, 2.0**126)
+
+
+def check_real(name: str, value, allowed: str, ok=lambda value: True) -> float:
+    """``value`` as a finite Python float for which ``ok`` holds, else a TypeError /
+    ValueError naming ``name``, the value and what is ``allowed``."""
     # bool is an int to Python, but True as a temperature is always a mistake.
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        raise ValueError(f"{name} must be {allowed}; got {reprlib.repr(value)}, beyond the float range") from None
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return value
 
 
-def _int(name: str, value, allowed: str, ok) -> int:
+def check_int(name: str, value, allowed: str, ok=lambda value: True) -> int:
+    """``value`` as a Python int for which ``ok`` holds, else a TypeError / ValueError naming ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
     value = int(value)
     if not ok(value):
         raise ValueError(f"{name} must be {allowed}; got {value!r}")
     return value
+
+
+def _check_scale(name: str, value, allowed: str, ok):
+    """A processor parameter, checked on the host when given as a number (a jax array,
+    traced under ``jit`` say, passes unchecked), then clamped to ``_SCALE_RANGE``."""
+    if isinstance(value, jax.Array):
+        return jnp.clip(value.astype(jnp.float32), *_SCALE_RANGE)
+    return min(max(check_real(name, value, allowed, ok), _SCALE_RANGE[0]), _SCALE_RANGE[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +94,14 @@ class SamplingConfig:
 
     def __post_init__(self):
         canonical = {
-            "temperature": _real("temperature", self.temperature,
-                                 "a finite real number >= 0 (0 = greedy)", lambda t: t >= 0),
-            "top_k": None if self.top_k is None else _int(
+            "temperature": check_real("temperature", self.temperature,
+                                      "a finite real number >= 0 (0 = greedy)", lambda t: t >= 0),
+            "top_k": None if self.top_k is None else check_int(
                 "top_k", self.top_k, "None (off) or an int >= 1 (1 = greedy)", lambda k: k >= 1),
-            "top_p": None if self.top_p is None else _real(
+            "top_p": None if self.top_p is None else check_real(
                 "top_p", self.top_p, "None or a real number in (0, 1] (1 = off)", lambda p: 0 < p <= 1),
-            "repetition_penalty": _real("repetition_penalty", self.repetition_penalty,
-                                        "a finite real number > 0 (1 = off)", lambda r: r > 0),
+            "repetition_penalty": check_real("repetition_penalty", self.repetition_penalty,
+                                             "a finite real number > 0 (1 = off)", lambda r: r > 0),
         }
         if canonical["top_p"] == 1.0:
             canonical["top_p"] = None
@@ -88,9 +114,9 @@ class SamplingConfig:
         """Validated constructor; given ``vocab_size`` it also rejects a ``top_k`` beyond it."""
         config = cls(temperature, top_k, top_p, repetition_penalty)
         if vocab_size is not None:
-            vocab_size = _int("vocab_size", vocab_size, "None or an int >= 1", lambda v: v >= 1)
+            vocab_size = check_int("vocab_size", vocab_size, "None or an int >= 1", lambda v: v >= 1)
             if config.top_k is not None and config.top_k > vocab_size:
-                raise ValueError(f"top_k must be None or an int in [0, vocab_size={vocab_size}]; "
+                raise ValueError(f"top_k must be None or an int in [1, vocab_size={vocab_size}]; "
                                  f"got {top_k!r}")
         return config
 
@@ -103,28 +129,41 @@ class SamplingConfig:
 def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty) -> jax.Array:
     """Make tokens already in the sequence (``seen`` [..., V] bool) less likely, as HF does.
 
-    Positive logits are divided and negative ones multiplied by ``penalty``: a plain
-    division would *raise* a negative logit. ``-inf`` stays ``-inf``.
+    Positive logits are divided and negative ones multiplied by ``penalty`` (> 0): a plain
+    division would *raise* a negative logit. ``-inf`` stays ``-inf``. The penalty is
+    clamped to ``[2**-126, 2**126]`` and the results to float32's finite range, so extreme
+    penalties give extreme, never infinite or NaN, logits.
     """
+    penalty = _check_scale("penalty", penalty, "a finite real number > 0 (1 = off)", lambda r: r > 0)
     logits = jnp.asarray(logits, jnp.float32)
-    return jnp.where(seen, jnp.where(logits > 0, logits / penalty, logits * penalty), logits)
+    penalised = jnp.clip(jnp.where(logits > 0, logits / penalty, logits * penalty), -_FLOAT32_MAX, _FLOAT32_MAX)
+    return jnp.where(seen & ~jnp.isneginf(logits), penalised, logits)
 
 
 def apply_temperature(logits: jax.Array, temperature) -> jax.Array:
-    """Scale by ``1 / temperature`` (> 0); temperature 0 is greedy and handled as an argmax."""
-    return jnp.asarray(logits, jnp.float32) / temperature
+    """Scale by ``1 / temperature`` (> 0); temperature 0 is greedy and handled as an argmax.
+
+    The logits are shifted by their maximum first (softmax is unchanged), and the
+    temperature clamped to ``[2**-126, 2**126]``, so no temperature overflows them to
+    ``+inf`` or turns ``-inf / inf`` into NaN.
+    """
+    temperature = _check_scale("temperature", temperature, "a finite real number > 0 (0 = greedy "
+                               "is handled by process_logits)", lambda t: t > 0)
+    logits = jnp.asarray(logits, jnp.float32)
+    return (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
 
 
 def apply_top_k(logits: jax.Array, k: int) -> jax.Array:
     """Keep exactly the ``k`` (a static int >= 1) highest logits, ties to the lower token id."""
-    if k < 1:
-        raise ValueError(f"k must be an int >= 1; got {k!r}")
+    k = check_int("k", k, "a static int >= 1", lambda k: k >= 1)
     logits = jnp.asarray(logits, jnp.float32)
     return _truncate(logits, min(k, logits.shape[-1]), None)
 
 
 def apply_top_p(logits: jax.Array, p) -> jax.Array:
-    """Nucleus filter: keep the smallest most-probable set whose probability is >= ``p``."""
+    """Nucleus filter: keep the smallest most-probable set whose probability is >= ``p`` (in (0, 1])."""
+    if not isinstance(p, jax.Array):
+        p = check_real("p", p, "a real number in (0, 1]", lambda p: 0 < p <= 1)
     logits = jnp.asarray(logits, jnp.float32)
     return _truncate(logits, logits.shape[-1], p)
 
@@ -140,7 +179,9 @@ def _truncate(logits: jax.Array, k: int, p) -> jax.Array:
     if p is not None:
         probs = jax.nn.softmax(values, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs  # exactly 0 for the top token
-        values = jnp.where(mass_before < p, values, -jnp.inf)
+        # The top token always stays, even when p rounds to 0 in float32 (p = 1e-300).
+        top = jnp.arange(k) == 0
+        values = jnp.where((mass_before < p) | top, values, -jnp.inf)
     return jnp.put_along_axis(jnp.full_like(logits, -jnp.inf), indices, values, axis=-1,
                               inplace=False)
 

@@ -86,8 +86,8 @@ def speculative_sampling(target, draft, n_samples: int, max_length: int, *, k: i
     """Sample ``[n_samples, max_length]`` sequences from ``target`` with ``draft`` proposing ``k`` at a time.
 
     Both models need the KV-cache interface (``init_cache``, ``forward_with_cache``) and
-    the same vocabulary. Returns ``(sequences, acceptance_rate)``: the fraction of
-    drafted tokens the target accepted.
+    the same vocabulary; ``k`` is in ``[1, max_length]``. Returns
+    ``(sequences, acceptance_rate)``: the fraction of drafted tokens the target accepted.
     """
     for name, model in (("target", target), ("draft", draft)):
         if not (callable(getattr(model, "forward_with_cache", None)) and callable(getattr(model, "init_cache", None))):
@@ -95,9 +95,11 @@ def speculative_sampling(target, draft, n_samples: int, max_length: int, *, k: i
     if target.vocab_size != draft.vocab_size:
         raise ValueError(f"target and draft vocabularies differ: {target.vocab_size} vs {draft.vocab_size}")
     n_samples = check_count("n_samples", n_samples)
-    k = check_count("k", k)
     limit = min(target.sequence_length, draft.sequence_length)
     max_length = check_count("max_length", max_length, minimum=2, maximum=limit)
+    # Drafting more tokens than a whole sequence holds would only grow the caches
+    # (max_length + k + 1 slots) and the draft scan.
+    k = check_count("k", k, maximum=max_length)
     config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,
                                    vocab_size=target.vocab_size)
     start = [getattr(target, "bos_token_id", None) or 0] if prompt is None else prompt
