@@ -20,7 +20,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopOnSignal:
     """Context manager: call ``request_stop(signal)`` on the first SIGINT/SIGTERM inside it.
 
-    Signal handlers can only be set from the main thread; elsewhere it does nothing.
+    Signal handlers can only be set from the main thread; elsewhere it does nothing. A
+    signal the process ignores (a job started with ``nohup`` ignores SIGINT) stays ignored.
     """
 
     def __init__(self, request_stop: Callable[[signal.Signals], None]):
@@ -30,7 +31,8 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (nohup) stays ignored
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:

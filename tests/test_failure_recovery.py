@@ -42,6 +42,16 @@ def uninterrupted(tmp_path_factory):
     return params(module)
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """The handlers an interactive run has, whatever started pytest (a background job ignores SIGINT)."""
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 class SendSignal(Callback):
     """Signal this process at the end of step ``at_step`` (``times`` times in a row)."""
 
@@ -67,12 +77,21 @@ def test_first_signal_checkpoints_the_current_step_and_returns(tmp_path, capsys,
     message = capsys.readouterr().err
     assert f"stopped by {sig.name} after step 5" in message and os.path.join(directory, "5") in message
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     resumed = BigramLM(rngs=nnx.Rngs(0))
     trainer(tmp_path, *([ModelCheckpoint(every_n_steps=100)] if with_checkpoint_callback else [])).fit(
         resumed, loader(), ckpt_path="last")
     for a, b in zip(params(resumed), uninterrupted):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run = trainer(tmp_path, SendSignal(5))
+    run.fit(BigramLM(rngs=nnx.Rngs(0)), loader())
+    assert run.interrupted is None and run.global_step == STEPS
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_second_sigint_stops_at_once_and_leaves_only_complete_checkpoints(tmp_path):
