@@ -33,7 +33,7 @@ from jax import lax
 from artrainer.data.images import check_images
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_values, host_or_jax_array
+from artrainer.models.inputs import check_int_argument, check_int_values, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
@@ -210,21 +210,21 @@ class PixelCNN(ARModule):
                              f"got {image_shape!r}")
         image_shape = tuple(int(d) for d in image_shape)
         channels = image_shape[2]
-        _check_int("num_layers", num_layers, 1)
-        _check_int("num_residual_blocks", num_residual_blocks, 0)
-        _check_int("hidden_channels", hidden_channels, 2 * channels,
+        check_int_argument("num_layers", num_layers, 1)
+        check_int_argument("num_residual_blocks", num_residual_blocks, 0)
+        check_int_argument("hidden_channels", hidden_channels, 2 * channels,
                    why=f"2 * channels = {2 * channels}: each image channel needs hidden channels of its own, "
                        "also in the halved bottleneck")
-        _check_int("kernel_size", kernel_size, 3)
+        check_int_argument("kernel_size", kernel_size, 3)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size} must be odd, so the kernel has a centre tap")
         if num_classes is not None:
-            _check_int("num_classes", num_classes, 1, why="1, or None for an unconditional model")
+            check_int_argument("num_classes", num_classes, 1, why="1, or None for an unconditional model")
         if not isinstance(gated, bool):
             raise TypeError(f"gated must be a bool; got {gated!r} ({type(gated).__name__})")
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} is not supported; use one of {OUTPUTS}")
-        _check_int("num_mixtures", num_mixtures, 1)
+        check_int_argument("num_mixtures", num_mixtures, 1)
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs; got {type(rngs).__name__}")
 
@@ -468,11 +468,3 @@ def sample_pixels(graphdef, state, canvas: jax.Array, known: jax.Array, labels: 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_int(name: str, value, minimum: int, why: str | None = None) -> None:
-    allowed = f"an int >= {why or minimum}"
-    if not _is_int(value):
-        raise TypeError(f"{name} must be {allowed}; got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is invalid; it must be {allowed}")

@@ -22,7 +22,6 @@ for sample, and the naive path is the baseline the fast one is measured against.
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any, Mapping
 
 import jax
@@ -34,7 +33,7 @@ from jax import lax
 from artrainer.data.audio import mu_law_decode
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
+from artrainer.models.inputs import check_int_argument, check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_count, check_prompt
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
@@ -131,12 +130,12 @@ class WaveNet(ARModule):
                                      ("skip_channels", skip_channels, 1),
                                      ("quantization_channels", quantization_channels, 2),
                                      ("kernel_size", kernel_size, 2), ("sample_rate", sample_rate, 1)):
-            _check_int(name, value, minimum)
+            check_int_argument(name, value, minimum)
         if num_layers % num_stacks:
             raise ValueError(f"num_layers={num_layers} must be a multiple of num_stacks={num_stacks}: "
                              "every stack repeats the same dilations")
         if num_classes is not None:
-            _check_int("num_classes", num_classes, 1)
+            check_int_argument("num_classes", num_classes, 1)
         if not isinstance(remat, bool):
             raise TypeError(f"remat must be a bool; got {remat!r}")
         if not isinstance(rngs, nnx.Rngs):
@@ -337,10 +336,3 @@ def sample_waveform(graphdef, state, prompt: jax.Array, labels: jax.Array | None
     inputs = inputs.at[:, window - 1].set(model.input_embedding(jnp.full((n,), model.start_code)))
     _, samples = lax.scan(naive_step, inputs, jnp.arange(max_length))
     return samples.T
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}; got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is invalid; it must be an int >= {minimum}")
