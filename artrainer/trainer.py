@@ -433,9 +433,7 @@ class Trainer:
         """
         ckpt_path = os.fspath(ckpt_path)
         if ckpt_path in ("last", "best"):
-            from artrainer.callbacks import ModelCheckpoint
-            owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
-            directory = owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+            owner, directory = self._checkpoint_owner()
             mode = owner.mode if owner is not None else "min"
             if not os.path.isdir(directory):
                 warnings.warn(f"ckpt_path={ckpt_path!r}: no checkpoints in {directory}; starting from scratch",
@@ -485,14 +483,18 @@ class Trainer:
             self.train_data.load_state_dict(meta["loader"])
         return next_batch, epoch_body_done
 
+    def _checkpoint_owner(self):
+        """``(the ModelCheckpoint or None, the directory checkpoints live in)``."""
+        from artrainer.callbacks import ModelCheckpoint
+        owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        return owner, owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+
     def _stop_on_signal(self, sig: signal.Signals) -> None:
         self.interrupted, self.should_stop = sig, True
 
     def _checkpoint_interrupted_run(self) -> None:
         """Make sure the step reached is on disk: ModelCheckpoint's save at train end, or our own."""
-        from artrainer.callbacks import ModelCheckpoint
-        owner = next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
-        directory = owner.dirpath_for(self) if owner is not None else self.default_checkpoint_dir()
+        owner, directory = self._checkpoint_owner()
         self._interrupt_checkpoint = os.path.join(directory, str(self.global_step))
         if self.global_step in (self.resumed_step, owner.last_saved_step if owner is not None else None):
             return
@@ -758,10 +760,11 @@ class _BatchChecker:
                     "shapes must stay fixed (use artrainer.data.DataLoader with last_batch='drop' or 'pad')")
 
     def _check_input_values(self, value) -> None:
-        """Integer ids / pixel values / codes in ``[0, value_limit)``; other dtypes are left to
-        the module's own (trace-time) checks."""
+        """Integer ids / pixel values / codes in ``[0, value_limit)``, for host (numpy) batches:
+        a batch already on the device is not read back, which would sync every step."""
         dtype = self.spec[self.input_key][1]
-        if self.value_limit is None or not np.issubdtype(dtype, np.integer) or not np.size(value):
+        if (self.value_limit is None or isinstance(value, jax.Array) or not np.issubdtype(dtype, np.integer)
+                or not np.size(value)):
             return
         low, high = np.min(value), np.max(value)
         if low < 0 or high >= self.value_limit:
