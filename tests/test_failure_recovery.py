@@ -86,6 +86,20 @@ def test_first_signal_checkpoints_the_current_step_and_returns(tmp_path, capsys,
         np.testing.assert_array_equal(a, b)
 
 
+def test_first_signal_flushes_the_logs_and_closes_the_progress_bar(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from artrainer.callbacks import ProgressBar
+    bar = ProgressBar()
+    run = Trainer(max_steps=STEPS, callbacks=[bar, SendSignal(5)], log_every_n_steps=1,
+                  default_root_dir=str(tmp_path))
+    run.fit(BigramLM(rngs=nnx.Rngs(0)), loader())
+    assert run.interrupted == signal.SIGINT and bar.bar is None
+    events = EventAccumulator(run.logger.log_dir)
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4, 5]
+
+
 def test_an_ignored_sigint_stays_ignored(tmp_path):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run = trainer(tmp_path, SendSignal(5))
