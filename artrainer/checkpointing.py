@@ -18,6 +18,7 @@ rest is JSON.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
@@ -30,6 +31,19 @@ from jax import lax
 
 _policies = ocp.checkpoint_managers
 FINGERPRINTS = "fingerprints"
+
+
+class _QuietReadOnlyNotice(logging.Filter):
+    """Drop orbax's warnings that a manager is read only ('Given directory is read only',
+    'read_only=True, setting save_interval_steps=0'): a read-only manager is how this module
+    reads checkpoints, not a problem with the directory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not ("read only" in message or "read_only=True" in message)
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnlyNotice())
 
 
 class CorruptCheckpointError(ValueError):
@@ -102,23 +116,23 @@ class CheckpointStore:
         self._check_fingerprints(step, restored["state"], dict(restored["meta"]))
         return restored["state"]
 
-    def _path(self, step: int) -> str:
+    def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
     def _read(self, step: int, args):
         try:
             return self._manager.restore(step, args=args)
         except Exception as exc:  # orbax/tensorstore raise many kinds for damaged files
-            raise CorruptCheckpointError(f"checkpoint {self._path(step)} cannot be read (missing or damaged "
+            raise CorruptCheckpointError(f"checkpoint {self.step_path(step)} cannot be read (missing or damaged "
                                          f"files?): {type(exc).__name__}: {str(exc)[:300]}") from exc
 
     def _check_shapes(self, step: int, target: Any) -> None:
         """Refuse a checkpoint whose arrays have other shapes than ``target``'s, listing them."""
         try:
-            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self._path(step)) / "state")
+            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.step_path(step)) / "state")
             stored = _shapes(metadata.tree)
         except Exception as exc:
-            raise CorruptCheckpointError(f"checkpoint {self._path(step)} has no readable metadata: "
+            raise CorruptCheckpointError(f"checkpoint {self.step_path(step)} has no readable metadata: "
                                          f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         wanted = _shapes(target)
         differ = [f"{path}: checkpoint {stored[path]} vs model {shape}"
@@ -127,7 +141,7 @@ class CheckpointStore:
         if differ or missing:
             lines = differ[:10] + [f"{path}: not in the checkpoint" for path in missing[:10]]
             raise IncompatibleCheckpointError(
-                f"checkpoint {self._path(step)} does not fit this model (a different configuration?); "
+                f"checkpoint {self.step_path(step)} does not fit this model (a different configuration?); "
                 f"{len(differ)} array(s) differ in shape, {len(missing)} are missing:\n  " + "\n  ".join(lines))
 
     def _check_fingerprints(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
@@ -137,7 +151,7 @@ class CheckpointStore:
         read = fingerprints(state)
         bad = [path for path, value in read.items() if path in saved and saved[path] != value]
         if bad:
-            raise CorruptCheckpointError(f"checkpoint {self._path(step)} is corrupt: {len(bad)} array(s) read "
+            raise CorruptCheckpointError(f"checkpoint {self.step_path(step)} is corrupt: {len(bad)} array(s) read "
                                          f"back differ from what was saved, e.g. {bad[0]!r}")
 
     def steps(self) -> list[int]:
@@ -150,7 +164,7 @@ class CheckpointStore:
         return max(steps) if steps else None
 
     def _complete(self, step: int) -> bool:
-        path = self._path(step)
+        path = self.step_path(step)
         return all(os.path.exists(os.path.join(path, item)) for item in ("state/_METADATA", "meta/metadata"))
 
     def best_step(self) -> int | None:

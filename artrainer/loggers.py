@@ -110,9 +110,14 @@ class TensorBoardLogger:
             self.writer.file_writer.add_summary(summary)
         self.log_metrics(metrics, step=0)
 
-    def log_text(self, tag: str, text: str, step: int) -> None:
-        """Logs markdown text; TensorBoard shows it under ``{tag}/text_summary``."""
-        self.writer.add_text(tag, text, step)
+    def log_text(self, tag: str, text: str, step: int, *, preformatted: bool = False) -> None:
+        """Logs markdown text; TensorBoard shows it under ``{tag}/text_summary``.
+
+        ``preformatted=True`` shows ``text`` exactly as written (a fenced code block):
+        line breaks, indentation and characters markdown would interpret (``__name__``,
+        ``*``, ``#``) survive, as generated code and verse need.
+        """
+        self.writer.add_text(tag, code_block(text) if preformatted else text, step)
 
     def log_images(self, tag: str, images: Any, step: int, *, ncol: int | None = None) -> None:
         """Logs a batch ``[N, H, W, C]`` (C = 1 or 3) as one grid image.
@@ -154,6 +159,13 @@ class TensorBoardLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def code_block(text: str) -> str:
+    """``text`` as a markdown fenced code block, its fence longer than any backtick run inside."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -54,8 +54,8 @@ class Trainer:
                  log_every_n_steps: int = 50, val_check_interval: int | float | None = None,
                  limit_val_batches: int | float | None = None, accumulate_grad_batches: int = 1,
                  precision: str = "fp32", seed: int = 0, default_root_dir: str = "runs",
-                 enable_progress_bar: bool = True, strategy: str = "single", mesh: Any = None,
-                 **unknown: Any):
+                 enable_progress_bar: bool = True, enable_model_summary: bool = True,
+                 strategy: str = "single", mesh: Any = None, **unknown: Any):
         if unknown:
             allowed = [p for p in inspect.signature(Trainer.__init__).parameters if p not in ("self", "unknown")]
             name = next(iter(unknown))
@@ -88,9 +88,9 @@ class Trainer:
         if not isinstance(default_root_dir, (str, os.PathLike)):
             raise TypeError(f"default_root_dir must be a str or os.PathLike directory; got {default_root_dir!r} "
                             f"({type(default_root_dir).__name__})")
-        if not isinstance(enable_progress_bar, (bool, np.bool_)):
-            raise TypeError(f"enable_progress_bar must be a bool (True or False); got {enable_progress_bar!r} "
-                            f"({type(enable_progress_bar).__name__})")
+        for name, flag in (("enable_progress_bar", enable_progress_bar), ("enable_model_summary", enable_model_summary)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool (True or False); got {flag!r} ({type(flag).__name__})")
 
         self.max_steps, self.max_epochs = max_steps, max_epochs
         self.log_every_n_steps = log_every_n_steps
@@ -101,6 +101,9 @@ class Trainer:
         self.mesh = distributed.make_mesh(strategy) if mesh is None else distributed.check_mesh(mesh)
         self.logger = self._make_logger(logger)
         self.callbacks = self._with_default_callbacks(callbacks, enable_progress_bar and distributed.is_main_process())
+        self.enable_model_summary = enable_model_summary and distributed.is_main_process()
+        #: How the interrupt message says to continue; recipes put their own command line here.
+        self.resume_hint = "fit(..., ckpt_path='last')"
 
         self.global_step = 0
         self.current_epoch = 0
@@ -157,9 +160,8 @@ class Trainer:
             if self.logger is not None:
                 self.logger.flush()
         if self.interrupted is not None:
-            print(f"artrainer: fit stopped by {self.interrupted.name} after step {self.global_step}; "
-                  f"checkpoint {self._interrupt_checkpoint}. Resume with fit(..., ckpt_path='last').",
-                  file=sys.stderr)
+            print(f"artrainer: stopped by {self.interrupted.name} after step {self.global_step} (checkpoint "
+                  f"{self._interrupt_checkpoint}); continue with: {self.resume_hint}", file=sys.stderr)
 
     def validate(self, module: ARModule, val_data: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         """Exact (element-weighted) validation metrics of ``module`` over ``val_data``."""
@@ -458,11 +460,13 @@ class Trainer:
                 raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no complete checkpoint for step {step} "
                                         f"in {directory} (found {store.steps()})")
             older = sorted((s for s in store.steps() if s < step), reverse=True) if ckpt_path == "last" else []
-            state, meta = self._restore_newest_good(store, [step, *older])
+            state, meta, used_step = self._restore_newest_good(store, [step, *older])
         finally:
             store.close()
         self._state, self._dirty = state, True
         self.global_step = self.resumed_step = int(meta["global_step"])
+        if distributed.is_main_process():
+            print(f"resumed from step {self.global_step} ({store.step_path(used_step)})", file=sys.stderr)
         self.current_epoch = int(meta["next_epoch"])
         self._restored_sums = meta.get("train_sums")
         # Checkpoints written before the skip counters existed lack them.
@@ -512,7 +516,7 @@ class Trainer:
         first_error = None
         for step in steps:
             try:
-                return store.restore(step, self._state)
+                return (*store.restore(step, self._state), step)
             except CorruptCheckpointError as error:
                 first_error = first_error or error
                 if step != steps[-1]:
@@ -607,6 +611,13 @@ class Trainer:
         if self._restored_sums is not None:
             sums = jax.tree.map(lambda zero, saved: jnp.asarray(saved, zero.dtype), sums, self._restored_sums)
         self._sums = sums
+        if self.enable_model_summary:
+            from artrainer.loggers import code_block
+            from artrainer.summary import run_summary
+            summary = run_summary(self, self.module, batch)
+            print(summary, file=sys.stderr)
+            if self.logger is not None and hasattr(self.logger, "log_text"):
+                self.logger.log_text("run/summary", code_block(summary), self.global_step)
         spec = self._train_checker.spec[self.module.input_key]
         self._items_per_step = spec[0][0] * self.accumulate_grad_batches * jax.process_count()
         self._elements_per_step = math.prod(spec[0]) * self.accumulate_grad_batches * jax.process_count()
@@ -684,6 +695,11 @@ class Trainer:
     def _set_metrics(self, metrics: Mapping[str, float]) -> None:
         self.callback_metrics.update(metrics)
         self._metric_steps.update(dict.fromkeys(metrics, self.global_step))
+
+    def fresh_metrics(self) -> dict[str, float]:
+        """The metrics the Trainer computed at this step (train metrics at a log step, val
+        metrics after a validation): what a logger writes now, each point once."""
+        return {k: v for k, v in self.callback_metrics.items() if self._metric_steps.get(k) == self.global_step}
 
     def metric_is_fresh(self, key: str) -> bool:
         """Whether ``callback_metrics[key]`` was computed at this step (keys the Trainer does

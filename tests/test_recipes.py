@@ -43,9 +43,10 @@ def test_train_resume_and_generate(tmp_path, capsys):
     assert capsys.readouterr().out.count("--- score") == 2
 
 
-def test_generate_without_a_run_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_config.json"):
-        recipe("--generate", "--out", str(tmp_path))
+def test_generate_without_a_run_is_a_clear_error(tmp_path, capsys):
+    assert recipe("--generate", "--out", str(tmp_path)) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path} holds no trained run (no model_config.json); "
+                                       "train into it first, or point --out at a run directory\n")
 
 
 def test_help_lists_every_sampling_flag(capsys):
@@ -57,9 +58,26 @@ def test_help_lists_every_sampling_flag(capsys):
         assert flag in text
 
 
-def test_bad_flags_are_refused(tmp_path):
+@pytest.mark.parametrize("name", ["transformer", "pixelcnn", "wavenet"])
+def test_every_flag_has_help_and_shows_its_default(name, capsys):
+    module = runpy.run_path(os.path.join(os.path.dirname(RECIPE), f"train_{name}.py"))
+    parser = module["make_parser"]()
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help", "print_config"):
+            assert action.help, f"{action.option_strings} has no help text"
     with pytest.raises(SystemExit):
-        recipe("--val-fraction", "1.5")
-    with pytest.raises(ValueError, match="temperature"):
-        recipe(*TINY, "--max-steps", "1", "--out", str(tmp_path), "--sample-every", "1",
-               "--temperature", "-1")
+        module["main"](["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--out OUT, --output-dir OUT, --default-root-dir OUT the run directory: logs, checkpoints, " \
+           f"configs, samples (default: runs/{name})" in text
+    assert "--max-steps MAX_STEPS stop after this many optimizer steps" in text
+    assert "default: cosine)" in text and "(type: int, default: 50)" in text
+
+
+def test_bad_flags_are_refused(tmp_path, capsys):
+    assert recipe("--val-fraction", "1.5") == 2
+    assert capsys.readouterr().err == "error: --val-fraction 1.5 must lie in (0, 1)\n"
+    assert recipe(*TINY, "--max-steps", "1", "--out", str(tmp_path), "--sample-every", "1",
+                  "--temperature", "-1") == 2
+    assert "temperature" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # refused before anything was written

@@ -49,7 +49,7 @@ def test_fsdd_conditional_train_resume_and_generate(tmp_path):
     assert rate == 8000 and len(clip) == 80
 
     assert recipe("--generate", "--out", out, "--digit", "7", "--seconds", "0.02", "--n-samples", "3") == 0
-    clips = [read_wav(os.path.join(out, f"digit7_step4_{i}.wav")) for i in range(3)]
+    clips = [read_wav(os.path.join(out, f"digit7_step4_000_{i}.wav")) for i in range(3)]
     assert all(rate == 8000 and len(audio) == 160 for audio, rate in clips)
 
 
@@ -66,15 +66,16 @@ def test_wav_folder_training_and_prompt_continuation(tmp_path):
     prompt = tmp_path / "prompt.wav"
     write_wav(prompt, 0.5 * np.sin(2 * np.pi * 220.0 * np.arange(400) / 8000), 8000)
     assert recipe("--generate", "--out", out, "--prompt-wav", str(prompt), "--seconds", "0.01") == 0
-    continued, rate = read_wav(os.path.join(out, "continued_step3_0.wav"))
+    continued, rate = read_wav(os.path.join(out, "continued_step3_000_0.wav"))
     original, _ = read_wav(prompt)
     assert rate == 8000 and len(continued) == 400 + 80
     # The prompt survives mu-law coding to within one code step of its loudest samples.
     np.testing.assert_allclose(continued[:400], original, atol=0.03)
 
 
-def test_bad_flags_and_missing_runs_are_clear_errors(tmp_path):
+def test_bad_flags_and_missing_runs_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTRAINER_DEBUG", "1")  # the exception itself, not its one-line message
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         recipe("--generate", "--out", str(tmp_path))
     with pytest.raises(ValueError, match="wav"):
-        recipe(*TINY, "--wav-folder", str(tmp_path / "nothing-here"), "--out", str(tmp_path))
+        recipe(*TINY, "--wav-folder", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "run"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import inspect
 import json
 import os
 
@@ -31,4 +33,19 @@ def load_callback(spec: str) -> Callback:
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Callback)):
         raise TypeError(f"--callback {spec!r}: {name} in {path} is not an artrainer.Callback subclass")
+    _check_keywords(spec, cls, kwargs)
     return cls(**kwargs)
+
+
+def _check_keywords(spec: str, cls: type, kwargs: dict) -> None:
+    """Refuse keyword arguments ``cls`` does not take, naming the nearest one it does."""
+    parameters = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in kwargs:
+        if key not in accepted:
+            hint = difflib.get_close_matches(key, accepted, n=1)
+            raise TypeError(f"--callback {spec!r}: {cls.__name__} takes no argument {key!r}"
+                            + (f"; did you mean {hint[0]!r}?" if hint else "")
+                            + f" It takes: {', '.join(accepted) or 'no arguments'}")

@@ -17,7 +17,8 @@ class LRWarmup(Callback):
     The factor multiplies whatever the optimizer computes (``optax.scale_by_schedule``
     chained after it), so it works with any optax transform and its step counter is
     saved with the optimizer state. Update ``s`` (0-based) is scaled by
-    ``(s + 1) / warmup_steps`` during warmup (the first update is not wasted at zero),
+    ``(s + 1) / warmup_steps`` during warmup (the first update is not wasted at zero;
+    ``warmup_steps=0`` is no warmup, the decay alone),
     then by the decay: ``constant`` 1; ``cosine`` / ``linear`` from 1 down to
     ``min_ratio`` at ``decay_steps`` (default: the Trainer's ``max_steps``);
     ``inverse_sqrt`` ``sqrt(warmup_steps / (s + 1))``, the Transformer schedule
@@ -28,10 +29,12 @@ class LRWarmup(Callback):
 
     def __init__(self, warmup_steps: int, *, decay: str = "constant", decay_steps: int | None = None,
                  min_ratio: float = 0.0):
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-            raise ValueError(f"warmup_steps={warmup_steps!r} must be an int >= 1")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be an int >= 0")
         if decay not in DECAYS:
             raise ValueError(f"decay={decay!r} is not supported; use one of {DECAYS}")
+        if decay == "inverse_sqrt" and warmup_steps == 0:
+            raise ValueError("decay='inverse_sqrt' peaks at the end of warmup: it needs warmup_steps >= 1")
         if decay_steps is not None and (not isinstance(decay_steps, int) or decay_steps <= warmup_steps):
             raise ValueError(f"decay_steps={decay_steps!r} must be an int > warmup_steps={warmup_steps}")
         if not 0.0 <= min_ratio <= 1.0:
@@ -58,7 +61,7 @@ class LRWarmup(Callback):
         """
         xp = np if isinstance(step, (int, np.integer)) else jnp
         step = xp.asarray(step, xp.float32)
-        warmup = (step + 1.0) / self.warmup_steps
+        warmup = (step + 1.0) / max(self.warmup_steps, 1)
         if self.decay == "constant":
             after = xp.ones_like(step)
         elif self.decay == "inverse_sqrt":

@@ -50,7 +50,7 @@ class SampleGenerator(Callback):
             self.sample(trainer)
 
     def on_train_end(self, trainer, module):
-        if self.at_train_end:
+        if self.at_train_end and trainer.interrupted is None:  # Ctrl-C means "stop now", not "sample"
             self.sample(trainer)
 
     def sample(self, trainer):

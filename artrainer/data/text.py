@@ -280,17 +280,35 @@ def load_text_dataset(path_or_name: str | os.PathLike, *, split: str = "train", 
     return texts
 
 
-def read_text_files(paths: Iterable[str | os.PathLike]) -> str:
-    """Concatenate text files (UTF-8, undecodable bytes replaced); errors name the file."""
+class UndecodableTextError(ValueError):
+    """A text file holds bytes its encoding cannot decode; names the file and byte offset."""
+
+
+def read_text_files(paths: Iterable[str | os.PathLike], *, encoding: str = "utf-8",
+                    errors: str = "strict") -> str:
+    """Concatenate text files; errors name the file.
+
+    Undecodable bytes raise :class:`UndecodableTextError` with the file and the byte
+    offset (``errors="strict"``, the default) instead of slipping U+FFFD into the
+    vocabulary; ``errors="replace"`` or ``"ignore"`` chooses that explicitly.
+    """
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise TypeError(f"paths must be a list of file paths, not a single {type(paths).__name__} "
                         f"({paths!r}); pass [path]")
     parts = []
     for path in paths:
         try:
-            parts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+            text = Path(path).read_bytes().decode(encoding, errors=errors)
+            parts.append(text.replace("\r\n", "\n").replace("\r", "\n"))  # universal newlines, as open() reads
         except OSError as exc:
             raise OSError(f"cannot read text file {os.fspath(path)!r}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UndecodableTextError(
+                f"{os.fspath(path)} is not valid {encoding} text: byte 0x{exc.object[exc.start]:02x} at "
+                f"byte offset {exc.start} cannot be decoded ({exc.reason})") from None
+        except LookupError as exc:
+            raise ValueError(f"encoding={encoding!r} / errors={errors!r} is not a known codec or error "
+                             f"handler ({exc})") from None
     if not parts or not any(parts):
         raise ValueError("no text: the given files are missing or empty")
     return "\n".join(parts)

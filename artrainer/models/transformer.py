@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
+from artrainer.loggers import code_block
 from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
 from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
@@ -341,8 +342,9 @@ class TransformerAR(ARModule):
         """Samples as text: decoded with ``self.tokenizer`` when one is attached, else ids."""
         tokenizer = getattr(self, "tokenizer", None)
         rows = jax.device_get(samples).tolist()
-        lines = [tokenizer.decode(row) if tokenizer is not None else " ".join(map(str, row)) for row in rows]
-        logger.log_text("samples", "\n\n".join(lines), step)
+        texts = [tokenizer.decode(row) if tokenizer is not None else " ".join(map(str, row)) for row in rows]
+        # Preformatted, so line breaks, indentation and markdown characters (``__init__``) survive.
+        logger.log_text("samples", "\n\n".join(code_block(text) for text in texts), step)
 
     def _check_token_id(self, name: str, value: int | None) -> int | None:
         if value is not None:
