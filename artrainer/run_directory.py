@@ -36,6 +36,7 @@ class RunDirectory:
         self.path = os.fspath(path)
         self.flag = flag
         self._lock_fd: int | None = None
+        self._created = False
 
     def holds_run(self) -> bool:
         """Whether a training run has written anything here."""
@@ -66,6 +67,7 @@ class RunDirectory:
         """Hold the directory for this process (created if needed) until it exits."""
         if self._lock_fd is not None:
             return
+        self._created = not os.path.isdir(self.path)
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -79,9 +81,13 @@ class RunDirectory:
         self._lock_fd = fd
 
     def release(self) -> None:
+        """Let other processes in; a directory this run created and left empty (it failed
+        before writing anything) is removed, so a mistake leaves no trace."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+            if self._created and not os.listdir(self.path):
+                os.rmdir(self.path)
 
     def check_json(self, name: str, expected: dict[str, Any], *, what: str) -> bool:
         """Compare ``expected`` with the JSON file ``name`` here; True if it is there and equal.

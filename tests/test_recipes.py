@@ -41,6 +41,12 @@ def test_train_resume_and_generate(tmp_path, capsys):
     assert printed.count("--- sample") == 3 and printed.count("\ndef") == 3
     assert recipe("--generate", "--out", out, "--max-length", "12", "--beam-size", "2") == 0
     assert capsys.readouterr().out.count("--- score") == 2
+    # A prompt longer than --max-length allows: refused with the room there is, or cut to its last tokens.
+    assert recipe("--generate", "--out", out, "--max-length", "12", "--prompt", "abcdefghijklmnopqrstuvwxyz") == 2
+    assert "--prompt is 26 tokens, and --max-length 12 leaves room for at most 10" in capsys.readouterr().err
+    assert recipe("--generate", "--out", out, "--max-length", "12", "--prompt", "abcdefghijklmnopqrstuvwxyz",
+                  "--truncate-prompt", "--n-samples", "1", "--temperature", "0") == 0
+    assert capsys.readouterr().out.split("\n")[1].startswith("qrstuvwxyz")  # the last 10 of the prompt
 
 
 def test_generate_without_a_run_is_a_clear_error(tmp_path, capsys):

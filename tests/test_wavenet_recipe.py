@@ -51,6 +51,10 @@ def test_fsdd_conditional_train_resume_and_generate(tmp_path):
     assert recipe("--generate", "--out", out, "--digit", "7", "--seconds", "0.02", "--n-samples", "3") == 0
     clips = [read_wav(os.path.join(out, f"digit7_step4_000_{i}.wav")) for i in range(3)]
     assert all(rate == 8000 and len(audio) == 160 for audio, rate in clips)
+    assert recipe("--generate", "--out", out, "--digit", "7", "--seconds", "0.02", "--n-samples", "1") == 0
+    assert os.path.isfile(os.path.join(out, "digit7_step4_001_0.wav"))  # a second call never overwrites the first
+    assert [read_wav(os.path.join(out, f"digit7_step4_000_{i}.wav")) for i in range(3)][0][0].tolist() == \
+        clips[0][0].tolist()
 
 
 def test_wav_folder_training_and_prompt_continuation(tmp_path):
