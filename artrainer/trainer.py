@@ -637,7 +637,7 @@ class Trainer:
         lr = self.current_lr()
         if lr is not None:
             metrics["lr"] = lr
-        self._set_metrics(metrics)
+        self.set_metrics(metrics)
         self._sums = jax.tree.map(jnp.zeros_like, self._sums)
         self._last_log_time, self._last_log_step = now, self.global_step
         self._logged_at = self.global_step
@@ -688,11 +688,13 @@ class Trainer:
             raise ValueError("val_data yielded no batches; is it an empty list or an exhausted iterator? "
                              "Pass a re-iterable with at least one batch (a list, a DataLoader)")
         metrics = {f"val/{k}": v for k, v in MetricSums.compute(sums).items()}
-        self._set_metrics(metrics)
+        self.set_metrics(metrics)
         self._call("on_validation_end")
         return metrics
 
-    def _set_metrics(self, metrics: Mapping[str, float]) -> None:
+    def set_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Put ``metrics`` into ``callback_metrics`` as computed at this step, so
+        ``fresh_metrics`` (what MetricsLogger writes, once) includes them."""
         self.callback_metrics.update(metrics)
         self._metric_steps.update(dict.fromkeys(metrics, self.global_step))
 

@@ -39,7 +39,7 @@ class TerminateOnNaN(Callback):
         if trainer.is_log_step if every is None else trainer.global_step % every == 0:
             trainer.check_finite()
             if self.skip_bad_steps and trainer.is_log_step:
-                trainer.callback_metrics["skipped_steps"] = trainer.skipped_steps
+                trainer.set_metrics({"skipped_steps": trainer.skipped_steps})  # logged at this step
 
     def on_train_end(self, trainer, module):
         trainer.check_finite()
