@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -92,29 +94,37 @@ class CheckpointStore:
                                           meta=ocp.args.JsonSave(meta)),
             metrics=None if score is None else {"score": float(score)}, force=True)
 
-    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+    def restore(self, step: int, target: Any, *, partial: bool = False) -> tuple[Any, dict[str, Any]]:
         """Read checkpoint ``step`` into arrays shaped (and sharded) like ``target``; returns
-        ``(state, meta)``. Raises :class:`IncompatibleCheckpointError` when its shapes differ
-        from ``target``'s and :class:`CorruptCheckpointError` when it cannot be read or reads
-        back other bytes than were saved, both naming the checkpoint."""
+        ``(state, meta)``. ``partial`` reads only the parts of the stored state that
+        ``target`` names (e.g. just the model). Raises :class:`IncompatibleCheckpointError`
+        when its shapes differ from ``target``'s and :class:`CorruptCheckpointError` when it
+        cannot be read or reads back other bytes than were saved, both naming the checkpoint."""
         self._check_shapes(step, target)
-        restored = self._read(step, ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                       meta=ocp.args.JsonRestore()))
+        if partial:
+            state_args = ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)
+        else:
+            state_args = ocp.args.StandardRestore(target)
+        restored = self._read(step, ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
         meta = dict(restored["meta"])
         self._check_fingerprints(step, restored["state"], meta)
         return restored["state"], meta
 
-    def restore_subtree(self, step: int, target: Mapping[str, Any]) -> dict[str, Any]:
-        """Read only the parts of checkpoint ``step``'s state named in ``target`` (e.g. the
-        model), checked like :meth:`restore`."""
-        target = dict(target)
-        self._check_shapes(step, target)
-        restored = self._read(step, ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                         partial_restore=True),
-            meta=ocp.args.JsonRestore()))
-        self._check_fingerprints(step, restored["state"], dict(restored["meta"]))
-        return restored["state"]
+    def stored_keys(self, step: int, *path: str) -> set[str]:
+        """The keys of the stored state's subtree at ``path`` (empty if there is none)."""
+        tree = self._metadata(step)
+        for key in path:
+            tree = tree.get(key) if isinstance(tree, Mapping) else None
+        return set(tree) if isinstance(tree, Mapping) else set()
+
+    def _metadata(self, step: int) -> Any:
+        """The stored state's tree of array metadata (shapes, dtypes)."""
+        try:
+            return ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.step_path(step)) / "state").tree
+        except Exception as exc:
+            raise CorruptCheckpointError(f"checkpoint {self.step_path(step)} has no readable metadata: "
+                                         f"{type(exc).__name__}: {str(exc)[:300]}") from exc
 
     def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -128,12 +138,7 @@ class CheckpointStore:
 
     def _check_shapes(self, step: int, target: Any) -> None:
         """Refuse a checkpoint whose arrays have other shapes than ``target``'s, listing them."""
-        try:
-            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.step_path(step)) / "state")
-            stored = _shapes(metadata.tree)
-        except Exception as exc:
-            raise CorruptCheckpointError(f"checkpoint {self.step_path(step)} has no readable metadata: "
-                                         f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        stored = _shapes(self._metadata(step))
         wanted = _shapes(target)
         differ = [f"{path}: checkpoint {stored[path]} vs model {shape}"
                   for path, shape in wanted.items() if path in stored and stored[path] != shape]
@@ -261,8 +266,143 @@ def load_weights(module, ckpt_path: str | os.PathLike) -> int:
         step = store.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"ckpt_path={os.fspath(ckpt_path)!r} holds no complete checkpoint")
-        restored = store.restore_subtree(step, {"model": nnx.state(module)})
+        restored, _ = store.restore(step, {"model": nnx.state(module)}, partial=True)
     finally:
         store.close()
     nnx.update(module, restored["model"])
     return step
+
+
+# ------------------------------------------------------------------ a Trainer's run
+def checkpoint_owner(trainer) -> tuple[Any, str]:
+    """``(the callback whose role is "checkpoints", or None; the directory checkpoints live in)``."""
+    owner = next((cb for cb in trainer.callbacks if cb.role == "checkpoints"), None)
+    return owner, owner.dirpath_for(trainer) if owner is not None else trainer.default_checkpoint_dir()
+
+
+def restore_run(trainer, loop, ckpt_path: str | os.PathLike) -> tuple[int, bool]:
+    """Load a checkpoint into ``trainer``'s run: state, counters, sums, callback states.
+
+    ``ckpt_path``: ``"last"`` / ``"best"`` in the checkpoint directory (a missing one starts
+    fresh with a warning), or a checkpoint root or step directory. ``"last"`` falls back past
+    damaged checkpoints to the newest good one, warning about each. Returns ``(batches
+    already consumed this epoch, whether the epoch's batches are all consumed)``.
+    """
+    ckpt_path = os.fspath(ckpt_path)
+    if ckpt_path in ("last", "best"):
+        owner, directory = checkpoint_owner(trainer)
+        mode = owner.mode if owner is not None else "min"
+        if not os.path.isdir(directory):
+            warnings.warn(f"ckpt_path={ckpt_path!r}: no checkpoints in {directory}; starting from scratch",
+                          stacklevel=4)
+            return 0, False
+        step = None
+    else:
+        directory, step = split_step_path(ckpt_path)
+        mode = "min"
+    store = CheckpointStore(directory, read_only=True, mode=mode)
+    try:
+        if step is None:
+            step = store.best_step() if ckpt_path == "best" else store.latest_step()
+        if step is None and ckpt_path == "best" and store.steps():
+            raise FileNotFoundError(f"ckpt_path='best': the checkpoints in {directory} carry no monitored "
+                                    "score (ModelCheckpoint had no monitor); use 'last' or a step directory")
+        if step is None:
+            warnings.warn(f"ckpt_path={ckpt_path!r}: {directory} holds no complete checkpoint; "
+                          "starting from scratch", stacklevel=4)
+            return 0, False
+        if step not in store.steps():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no complete checkpoint for step {step} "
+                                    f"in {directory} (found {store.steps()})")
+        older = sorted((s for s in store.steps() if s < step), reverse=True) if ckpt_path == "last" else []
+        state, meta, used_step = _restore_newest_good(trainer, store, [step, *older])
+    finally:
+        store.close()
+    return _resume_from(trainer, loop, state, meta, store.step_path(used_step))
+
+
+def _restore_newest_good(trainer, store: CheckpointStore, steps: list[int]):
+    """Restore the first of ``steps`` that reads back intact, warning about each damaged
+    one passed over; with none left, the error of the first."""
+    first_error = None
+    for step in steps:
+        try:
+            target, partial = _restore_target(trainer, store, step)
+            return (*store.restore(step, target, partial=partial), step)
+        except CorruptCheckpointError as error:
+            first_error = first_error or error
+            if step != steps[-1]:
+                warnings.warn(f"{error}; falling back to the previous checkpoint", stacklevel=5)
+    raise first_error
+
+
+def _restore_target(trainer, store: CheckpointStore, step: int) -> tuple[dict[str, Any], bool]:
+    """What to read of checkpoint ``step``: the run's state plus the array state of each
+    present callback the checkpoint holds; partial when it holds more than that."""
+    target = dict(trainer.train_state)
+    stored = store.stored_keys(step, "callbacks")
+    arrays = {key: value for key, value in _callback_arrays(trainer).items() if key in stored}
+    if arrays:
+        target["callbacks"] = arrays
+    return target, stored != set(arrays)
+
+
+def _callback_arrays(trainer) -> dict[str, Any]:
+    """``{state_key: arrays}`` of the callbacks that keep array state in checkpoints."""
+    arrays = {cb.state_key: cb.checkpoint_arrays(trainer) for cb in trainer.callbacks}
+    return {key: value for key, value in arrays.items() if value is not None}
+
+
+def run_arrays(trainer) -> dict[str, Any]:
+    """The arrays one checkpoint of ``trainer``'s run stores: model, optimizer, callbacks' arrays."""
+    arrays = dict(trainer.train_state)
+    callback_arrays = _callback_arrays(trainer)
+    if callback_arrays:
+        arrays["callbacks"] = callback_arrays
+    return arrays
+
+
+def _resume_from(trainer, loop, state, meta, path: str) -> tuple[int, bool]:
+    callback_arrays = state.pop("callbacks", {})
+    trainer.set_train_state(state)
+    trainer.global_step = trainer.resumed_step = int(meta["global_step"])
+    if jax.process_index() == 0:
+        print(f"resumed from step {trainer.global_step} ({path})", file=sys.stderr)
+    trainer.current_epoch = int(meta["next_epoch"])
+    loop.restored_sums = meta.get("train_sums")
+    # Checkpoints written before the skip counters existed lack them.
+    from artrainer.step import init_health
+    health = {**jax.device_get(init_health()), "steps": trainer.global_step, **meta["health"]}
+    loop.health = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), health)
+    trainer.call_hook("on_load_checkpoint", meta)
+    states = meta.get("callbacks", {})
+    for cb in trainer.callbacks:
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
+        if cb.state_key in callback_arrays:
+            cb.load_checkpoint_arrays(trainer, callback_arrays[cb.state_key])
+    unused = sorted(set(states) - {cb.state_key for cb in trainer.callbacks})
+    if unused:
+        warnings.warn(f"checkpoint holds state for callbacks not present now: {unused}", stacklevel=4)
+    next_batch = int(meta["next_batch"])
+    epoch_body_done = trainer.num_training_batches is not None and next_batch >= trainer.num_training_batches
+    if meta.get("loader") is not None and hasattr(trainer.train_data, "load_state_dict"):
+        trainer.train_data.load_state_dict(meta["loader"])
+    return next_batch, epoch_body_done
+
+
+def save_interrupted_run(trainer) -> str:
+    """Make sure the step an interrupted run reached is on disk (the checkpoint callback's
+    save at train end, or one written here) and return its directory."""
+    owner, directory = checkpoint_owner(trainer)
+    path = os.path.join(directory, str(trainer.global_step))
+    if trainer.global_step in (trainer.resumed_step, owner.last_saved_step if owner is not None else None):
+        return path
+    store = CheckpointStore(directory, top_k=-1, scored=False, async_save=False)
+    try:
+        arrays, meta = trainer.checkpoint()
+        store.save(trainer.global_step, arrays, meta)
+        store.wait()
+    finally:
+        store.close()
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import jax
@@ -28,11 +27,10 @@ class EMA(Callback):
     Each update donates the previous average's buffers: keep ``self.ema``, not an
     older reference.
 
-    Checkpoints: the average is as large as the model, too large for the JSON
-    callback state, so each checkpoint also writes
-    ``<default_root_dir>/ema/<step>.npz`` (atomically, before the checkpoint itself)
-    and records its absolute path under ``checkpoint['ema_file']``; resuming loads it.
-    Those files are not pruned along with old checkpoints.
+    Checkpoints: the average is stored inside each orbax checkpoint, as the callback's
+    ``checkpoint_arrays`` (written and pruned with it, fingerprinted like the weights).
+    Checkpoints of earlier versions, which kept it in a side ``<root>/ema/<step>.npz``
+    named by ``checkpoint['ema_file']``, still restore.
     """
 
     uses_module = False
@@ -61,12 +59,7 @@ class EMA(Callback):
 
     # -- hooks ------------------------------------------------------------------
     def setup(self, trainer, module, stage):
-        self.ema, self.updates = None, 0
-
-    def on_fit_start(self, trainer, module):
-        if self.ema is None:  # a copy: the next train step donates the live buffers
-            self.ema = jax.tree.map(lambda x: x.copy(), _params(trainer))
-        trainer.eval_params = self.ema
+        self.ema, self.updates, self._restored_from = None, 0, None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.global_step % self.every_n_steps == 0:
@@ -77,22 +70,27 @@ class EMA(Callback):
     def teardown(self, trainer, module, stage):
         trainer.eval_params = None
 
-    def on_save_checkpoint(self, trainer, module, checkpoint):
-        directory = os.path.abspath(os.path.join(trainer.default_root_dir, "ema"))
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{trainer.global_step}.npz")
-        arrays = {"/".join(map(str, key)): value.get_value()
-                  for key, value in nnx.to_flat_state(jax.device_get(self.ema))}
-        _write_atomic(path, lambda f: np.savez(f, **arrays))
-        checkpoint["ema_file"] = path
+    def checkpoint_arrays(self, trainer):
+        # Before fit start (the restore target) the weights give the average's shapes.
+        return self.ema if self.ema is not None else _params(trainer)
+
+    def load_checkpoint_arrays(self, trainer, arrays):
+        self.ema = arrays
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
-        path = checkpoint.get("ema_file")
-        if path is None:
-            warnings.warn("checkpoint holds no EMA; the average restarts from the restored weights",
-                          stacklevel=2)
-            return
-        self.ema = _load_like(path, _params(trainer))
+        self._restored_from = checkpoint.get("ema_file")
+
+    def on_fit_start(self, trainer, module):
+        if self.ema is None and trainer.resumed_step is not None:
+            path = getattr(self, "_restored_from", None)
+            if path is not None:  # a checkpoint of an earlier version: the average beside it
+                self.ema = _load_like(path, _params(trainer))
+            else:
+                warnings.warn("checkpoint holds no EMA; the average restarts from the restored weights",
+                              stacklevel=2)
+        if self.ema is None:  # a copy: the next train step donates the live buffers
+            self.ema = jax.tree.map(lambda x: x.copy(), _params(trainer))
+        trainer.eval_params = self.ema
 
 
 def _params(trainer) -> nnx.State:
@@ -115,13 +113,3 @@ def _load_like(path: str, like: nnx.State) -> nnx.State:
                                  f"but the model's is {ref.dtype}{list(ref.shape)}")
             leaves.append((key, variable.replace(jax.device_put(value, ref.sharding))))
     return nnx.from_flat_state(leaves)
-
-
-def _write_atomic(path: str, write) -> None:
-    """Write through ``write(file)`` to a temporary name, then rename: readers never see half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -72,14 +72,14 @@ def devices(out):
     for strategy in ("single", "dp", "fsdp"):
         trainer, model = fit(strategy, out, max_steps=STEPS)
         save_params(model, os.path.join(out, f"{strategy}.npz"))
-        leaves = jax.tree.leaves(trainer._state)
+        leaves = jax.tree.leaves(trainer.train_state)
         if strategy == "fsdp":
             split = [leaf for leaf in leaves if not leaf.sharding.is_fully_replicated]
             assert split, "fsdp left every leaf replicated"
             assert all(len(leaf.sharding.device_set) == 8 for leaf in leaves)
         if strategy == "dp":
             assert all(leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8 for leaf in leaves)
-        per_device = distributed.bytes_per_device(trainer._state)
+        per_device = distributed.bytes_per_device(trainer.train_state)
         np.save(os.path.join(out, f"{strategy}_bytes.npy"), max(per_device.values()))
         # validation and sampling run on the sharded weights too
         metrics = trainer.validate(model, loader())

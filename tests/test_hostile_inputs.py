@@ -43,6 +43,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from artrainer import Trainer
+from stop_training import TraceThenStop
 from artrainer.data import DataLoader
 from artrainer.data import audio as audio_data
 from artrainer.data import images as image_data
@@ -873,17 +874,6 @@ def test_trainer_refuses_hostile_arguments(tmp_path, kwargs, exc, match):
         Trainer(**{"logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False, **kwargs})
 
 
-class ReachedTrainStep(Exception):
-    """fit() got as far as running the compiled train step."""
-
-
-def _trace_then_stop(self, batch):
-    """Stands in for Trainer._run_step: traces the step abstractly (so trace-time checks run,
-    nothing compiles), then stops."""
-    self._init_sums(batch)
-    raise ReachedTrainStep()
-
-
 def _ids(value, shape=(2, SEQ), dtype=np.int32):
     return np.full(shape, value, dtype)
 
@@ -926,10 +916,9 @@ def fit_lm():
 
 
 @pytest.mark.parametrize("train_data,kwargs,exc,match", FIT_CASES)
-def test_fit_refuses_hostile_train_data(tmp_path, fit_lm, monkeypatch, train_data, kwargs, exc, match):
-    monkeypatch.setattr(Trainer, "_run_step", _trace_then_stop)
+def test_fit_refuses_hostile_train_data(tmp_path, fit_lm, train_data, kwargs, exc, match):
     trainer = Trainer(**{"max_steps": 1, "logger": False, "default_root_dir": str(tmp_path),
-                         "enable_progress_bar": False, **kwargs})
+                         "enable_progress_bar": False, "callbacks": [TraceThenStop()], **kwargs})
     with pytest.raises(exc, match=match):
         trainer.fit(fit_lm, train_data)
 
@@ -943,9 +932,9 @@ FIT_OTHER_CASES = [
 
 
 @pytest.mark.parametrize("call,exc,match", FIT_OTHER_CASES)
-def test_fit_and_validate_refuse_hostile_arguments(tmp_path, fit_lm, monkeypatch, call, exc, match):
-    monkeypatch.setattr(Trainer, "_run_step", _trace_then_stop)
-    trainer = Trainer(max_steps=1, logger=False, default_root_dir=str(tmp_path), enable_progress_bar=False)
+def test_fit_and_validate_refuse_hostile_arguments(tmp_path, fit_lm, call, exc, match):
+    trainer = Trainer(max_steps=1, logger=False, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                      callbacks=[TraceThenStop()])
     with pytest.raises(exc, match=match):
         call(trainer, fit_lm)
 
@@ -1485,14 +1474,8 @@ def test_text_hostile_inputs(files, call, exc, match):
 
 
 # =========================================================================== 7. the recipes' flags
-class TrainingStarted(Exception):
-    """The recipe got as far as the training loop."""
-
-
-def _stop_before_training(self, *args, **kwargs):
-    raise TrainingStarted()
-
-
+#: Stops a recipe run that passed every check at the start of training, as a user's callback.
+STOP_BEFORE_TRAINING = ["--callback", os.path.join(os.path.dirname(__file__), "stop_training.py:StopBeforeTraining")]
 TR = ["--corpus-bytes", "3000", "--seq-len", "16", "--hidden-dim", "16", "--num-layers", "1", "--num-heads", "2",
       "--batch-size", "4", "--no-progress-bar", "--max-steps", "2", "--out", "{out}"]
 TR_GEN = ["--generate", "--out", "{tr_run}", "--max-length", "12", "--n-samples", "2"]
@@ -1652,12 +1635,11 @@ def test_recipe_flags(recipe, argv, exc, match, files, tmp_path, monkeypatch, ca
     from artrainer import checkpointing
 
     real_load_weights = checkpointing.load_weights
-    monkeypatch.setattr(Trainer, "_train", _stop_before_training)
     # The fake runs have no weights: a random init stands in (the checks come before any weight matters).
     monkeypatch.setattr(checkpointing, "load_weights",
                         lambda module, path: 0 if os.path.isdir(path) else real_load_weights(module, path))
     paths = {**vars(files), "out": str(tmp_path / "out")}
-    argv = [arg.format(**paths) for arg in argv]
+    argv = [arg.format(**paths) for arg in argv] + STOP_BEFORE_TRAINING
     monkeypatch.setenv("ARTRAINER_DEBUG", "1")  # the exception itself, not the one-line message
     with compiled_loops_tripped(), pytest.raises(exc) as raised:
         runpy.run_path(RECIPES[recipe])["main"](argv)

@@ -114,7 +114,7 @@ def test_fsdp_splits_the_largest_divisible_axis():
 
 
 def test_bad_strategy_mesh_and_initialize_arguments():
-    with pytest.raises(ValueError, match="strategy='ddp'"):
+    with pytest.raises(ValueError, match="strategy must be one of 'single', 'dp', 'fsdp'; got 'ddp'"):
         Trainer(max_steps=1, strategy="ddp")
     with pytest.raises(ValueError, match="strategy='dp' or 'fsdp'"):
         Trainer(max_steps=1, mesh=jax.make_mesh((1,), ("data",)))

@@ -236,13 +236,13 @@ def test_unknown_trainer_argument_suggests_the_right_one(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_steps": 0}, "max_steps=0"),
-    ({"max_epochs": -1}, "max_epochs=-1"),
-    ({"precision": "fp16"}, "precision='fp16'"),
-    ({"log_every_n_steps": 0}, "log_every_n_steps=0"),
-    ({"accumulate_grad_batches": 1.5}, "accumulate_grad_batches must be an int"),
-    ({"val_check_interval": 1.5}, r"val_check_interval=1.5 as a fraction"),
-    ({"limit_val_batches": -2}, "limit_val_batches=-2"),
+    ({"max_steps": 0}, r"max_steps must be an int >= 1 or None; got 0 \(int\)"),
+    ({"max_epochs": -1}, r"max_epochs must be an int >= 1 or None; got -1"),
+    ({"precision": "fp16"}, "precision must be one of 'fp32', 'bf16'; got 'fp16'"),
+    ({"log_every_n_steps": 0}, "log_every_n_steps must be an int >= 1; got 0"),
+    ({"accumulate_grad_batches": 1.5}, r"accumulate_grad_batches must be an int >= 1; got 1.5 \(float\)"),
+    ({"val_check_interval": 1.5}, r"val_check_interval must be a number in \(0.0, 1.0\] \(a fraction\)"),
+    ({"limit_val_batches": -2}, r"limit_val_batches must be an int >= 0 \(a count\) or None; got -2"),
     ({"callbacks": [object()]}, "callbacks must be artrainer.Callback"),
 ])
 def test_bad_trainer_arguments(kwargs, match):

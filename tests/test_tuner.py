@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from artrainer import Trainer, compiled_step, tuner
+from artrainer import Trainer, tuner
+from artrainer import step as train_step
 from artrainer.data import DataLoader
 from artrainer.tuner import scale_batch_size, step_memory_bytes
 from tiny_lm import BigramLM, cyclic_sequences
@@ -38,10 +39,10 @@ def test_step_memory_bytes_matches_compiling_the_trainers_step(tmp_path):
     batch = {"sequences": ROWS[:8]}
     optimizer = nnx.Optimizer(module, module.configure_optimizers(), wrt=module.trainable)
     state = {"model": nnx.state(module), "optimizer": nnx.state(optimizer)}
-    step = compiled_step.make_train_step(nnx.graphdef(module), nnx.graphdef(optimizer), seed=0,
+    step = train_step.make_train_step(nnx.graphdef(module), nnx.graphdef(optimizer), seed=0,
                                          accumulate=1, precision="fp32")
-    keys = compiled_step.metric_shapes(nnx.graphdef(module), state["model"], batch, "fp32", 0)
-    stats = step.lower(state, compiled_step.init_train_sums(keys), compiled_step.init_health(),
+    keys = train_step.metric_shapes(nnx.graphdef(module), state["model"], batch, "fp32", 0)
+    stats = step.lower(state, train_step.init_train_sums(keys), train_step.init_health(),
                        batch).compile().memory_analysis()
     expected = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                 - stats.alias_size_in_bytes)
@@ -126,11 +127,11 @@ def test_other_runtime_errors_propagate(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"init_batch_size": 0}, ValueError, r"init_batch_size=0 is invalid; it must be >= 1"),
-    ({"init_batch_size": 2.0}, TypeError, r"init_batch_size must be an int; got 2.0"),
+    ({"init_batch_size": 0}, ValueError, r"init_batch_size must be an int >= 1; got 0"),
+    ({"init_batch_size": 2.0}, TypeError, r"init_batch_size must be an int >= 1; got 2.0 \(float\)"),
     ({"max_batch_size": 1}, ValueError, r"max_batch_size=1 is below init_batch_size=2"),
-    ({"max_trials": 0}, ValueError, r"max_trials=0 is invalid"),
-    ({"memory_limit_bytes": 0}, ValueError, r"memory_limit_bytes=0 is invalid"),
+    ({"max_trials": 0}, ValueError, r"max_trials must be an int >= 1; got 0"),
+    ({"memory_limit_bytes": 0}, ValueError, r"memory_limit_bytes must be an int >= 1 or None; got 0"),
     ({"steps_per_trial": True}, TypeError, r"steps_per_trial must be an int"),
     ({"data": [data()]}, TypeError, r"data must be a dict of equal-length arrays or an artrainer"),
     ({"data": {"tokens": ROWS}}, ValueError, r"data lacks the module's input_key 'sequences'"),

@@ -14,6 +14,7 @@ from tiny_lm import BigramLM, cyclic_sequences
 
 from artrainer import Callback, Trainer
 from artrainer.callbacks import ModelCheckpoint, load_callback
+from artrainer.checkpointing import CheckpointStore
 from artrainer.data import DataLoader
 
 CALLBACKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "callbacks")
@@ -110,25 +111,65 @@ class Crash(Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_ema_resumes_exactly(tmp_path):
+def _ema_runs(tmp_path, make_ema, resume_ema=None):
+    """An uninterrupted EMA run, and one that crashes after step 5 and resumes from 'last'
+    (with ``resume_ema()``'s callback, by default another ``make_ema()``)."""
     def run(root, *extra, ckpt_path=None):
-        ema = load("ema.py:EMA", decay=0.95)
+        ema = (resume_ema or make_ema)() if ckpt_path else make_ema()
         module = BigramLM(VOCAB, rngs=nnx.Rngs(0))
         callbacks = [ema, *extra, ModelCheckpoint(every_n_steps=2, async_save=False)]
         trainer(root, callbacks, max_steps=9).fit(module, loader(seed=3), ckpt_path=ckpt_path)
         return ema, module
 
-    straight, straight_module = run(tmp_path / "straight")
+    straight = run(tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path / "resumed", Crash())
-    assert sorted(os.listdir(tmp_path / "resumed" / "ema")) == ["2.npz", "4.npz"]
-    resumed, resumed_module = run(tmp_path / "resumed", ckpt_path="last")
+    crashed = sorted(os.listdir(tmp_path / "resumed"))
+    return straight, crashed, run(tmp_path / "resumed", ckpt_path="last")
 
-    assert resumed.updates == straight.updates == 9
+
+def _assert_same_run(straight, resumed):
+    (straight_ema, straight_module), (resumed_ema, resumed_module) = straight, resumed
+    assert resumed_ema.updates == straight_ema.updates == 9
     for name, expected in host_params(nnx.state(straight_module)).items():
         np.testing.assert_array_equal(host_params(nnx.state(resumed_module))[name], expected)
-    for name, expected in host_params(straight.ema).items():
-        np.testing.assert_array_equal(host_params(resumed.ema)[name], expected)
+    for name, expected in host_params(straight_ema.ema).items():
+        np.testing.assert_array_equal(host_params(resumed_ema.ema)[name], expected)
+
+
+def test_ema_resumes_exactly_from_inside_the_checkpoint(tmp_path):
+    straight, crashed, resumed = _ema_runs(tmp_path, lambda: load("ema.py:EMA", decay=0.95))
+    assert crashed == ["checkpoints"]  # no side files: the average is pruned with its checkpoint
+    ema_key = straight[0].state_key
+    store = CheckpointStore(tmp_path / "straight" / "checkpoints", read_only=True)
+    try:
+        assert store.stored_keys(store.latest_step(), "callbacks") == {ema_key}
+    finally:
+        store.close()
+    _assert_same_run(straight, resumed)
+
+
+def test_ema_resumes_from_a_checkpoint_with_the_old_side_file(tmp_path):
+    """Checkpoints of earlier versions kept the average in <root>/ema/<step>.npz."""
+    ema_class = load_callback(f"{CALLBACKS}/ema.py:EMA").__class__
+
+    class SideFileEMA(ema_class):
+        state_key = "EMA"
+
+        def checkpoint_arrays(self, trainer):
+            return None
+
+        def on_save_checkpoint(self, trainer, module, checkpoint):
+            path = os.path.join(trainer.default_root_dir, "ema", f"{trainer.global_step}.npz")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            np.savez(path, **{"/".join(map(str, key)): np.asarray(value)
+                              for key, value in host_params(self.ema).items()})
+            checkpoint["ema_file"] = path
+
+    straight, crashed, resumed = _ema_runs(tmp_path, lambda: SideFileEMA(decay=0.95),
+                                           lambda: load("ema.py:EMA", decay=0.95))
+    assert crashed == ["checkpoints", "ema"]
+    _assert_same_run(straight, resumed)
 
 
 def test_sample_writer_writes_token_files(tmp_path):

@@ -20,7 +20,14 @@ class Callback:
 
     Call order inside one hook: callbacks run in the order given to the Trainer, except
     that monitoring callbacks (``is_monitor = True``: ModelCheckpoint, EarlyStopping)
-    run after all others, so they see what the others logged and saved.
+    run after all others, so they see what the others logged and saved, and the
+    checkpoint writer (``role = "checkpoints"``) runs last.
+
+    ``role`` names a duty the Trainer relies on: ``"nonfinite_guard"``,
+    ``"metrics_logger"``, ``"progress_bar"`` or ``"checkpoints"`` (whose callback provides
+    ``dirpath_for(trainer)``, ``mode`` and ``last_saved_step``). The Trainer adds a
+    default callback for each of the first three that no given callback fills, and finds
+    the checkpoint directory through the ``"checkpoints"`` one; it never asks for a type.
 
     The Trainer keeps the model's arrays on the device inside its compiled step and
     writes them back into ``module`` lazily. Before a hook of a callback whose
@@ -34,6 +41,15 @@ class Callback:
 
     is_monitor: bool = False
     uses_module: bool = True
+    role: str | None = None
+    #: Metric keys this callback writes to the logger itself; MetricsLogger leaves them alone.
+    logged_metrics: frozenset[str] = frozenset()
+
+    @property
+    def skip_nonfinite_steps(self) -> int:
+        """How many non-finite updates in a row the compiled step should skip (keeping the
+        previous weights) before the run stops; 0 (the default) skips none."""
+        return 0
 
     @property
     def state_key(self) -> str:
@@ -56,6 +72,15 @@ class Callback:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+    def checkpoint_arrays(self, trainer) -> Any:
+        """A pytree of arrays stored inside each checkpoint (an EMA of the weights, say: too
+        large for the JSON ``state_dict``), or None. On resume the same call gives the
+        shapes and shardings to read them into, so it must work before the first step."""
+        return None
+
+    def load_checkpoint_arrays(self, trainer, arrays: Any) -> None:
+        """Take back the arrays :meth:`checkpoint_arrays` stored, on resume."""
 
     # -- Lightning hooks -----------------------------------------------------------
     def setup(self, trainer, module, stage: str) -> None: ...

@@ -13,6 +13,7 @@ class LearningRateMonitor(Callback):
     """
 
     uses_module = False
+    logged_metrics = frozenset({"lr"})
 
     def __init__(self, logging_interval: str = "step"):
         if logging_interval not in ("step", "epoch"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from artrainer.callbacks.base import Callback
-from artrainer.callbacks.lr_monitor import LearningRateMonitor
 
 
 class MetricsLogger(Callback):
@@ -16,10 +15,12 @@ class MetricsLogger(Callback):
     """
 
     uses_module = False
+    role = "metrics_logger"
 
     def on_train_start(self, trainer, module):
-        # A LearningRateMonitor owns the 'lr' tag; logging it here too would duplicate points.
-        self._skip = {"lr"} if any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks) else set()
+        # Keys another callback logs itself (LearningRateMonitor's 'lr'): writing them here too
+        # would duplicate points.
+        self._skip = set().union(*(cb.logged_metrics for cb in trainer.callbacks))
         if trainer.logger is not None:
             trainer.logger.log_hyperparams(trainer.hparams(module))
 

@@ -26,6 +26,7 @@ class ModelCheckpoint(Callback):
 
     is_monitor = True
     uses_module = False
+    role = "checkpoints"
 
     def __init__(self, dirpath: str | os.PathLike | None = None, *, every_n_steps: int | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,

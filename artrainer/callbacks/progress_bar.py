@@ -11,6 +11,7 @@ class ProgressBar(Callback):
     """One tqdm bar over the run's steps; the numbers refresh at each log step."""
 
     uses_module = False
+    role = "progress_bar"
 
     def __init__(self, *, leave: bool = True):
         self.leave = leave

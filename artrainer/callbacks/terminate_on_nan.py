@@ -21,6 +21,7 @@ class TerminateOnNaN(Callback):
     """
 
     uses_module = False
+    role = "nonfinite_guard"
 
     def __init__(self, check_every_n_steps: int | None = None, *, skip_bad_steps: bool = False,
                  max_consecutive_bad_steps: int = 10):
@@ -33,6 +34,10 @@ class TerminateOnNaN(Callback):
             raise ValueError(f"max_consecutive_bad_steps={max_consecutive_bad_steps!r} must be an int >= 1")
         self.check_every_n_steps = check_every_n_steps
         self.skip_bad_steps, self.max_consecutive_bad_steps = skip_bad_steps, max_consecutive_bad_steps
+
+    @property
+    def skip_nonfinite_steps(self) -> int:
+        return self.max_consecutive_bad_steps if self.skip_bad_steps else 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         every = self.check_every_n_steps
