@@ -1456,7 +1456,7 @@ TEXT_CASES = [
                  id="preprocess-bytes-text"),
     pytest.param(lambda f: text_data.token_windows(range(10), 1), ValueError, "length", id="windows-length-1"),
     pytest.param(lambda f: text_data.token_windows(range(10), -3), ValueError, "length", id="windows-length-neg"),
-    pytest.param(lambda f: text_data.token_windows(range(10), 2.5), ValueError, "length", id="windows-length-float"),
+    pytest.param(lambda f: text_data.token_windows(range(10), 2.5), TypeError, "length", id="windows-length-float"),
     pytest.param(lambda f: text_data.token_windows(range(3), 8), ValueError, "too short", id="windows-too-short"),
     pytest.param(lambda f: text_data.token_windows([], 4), ValueError, "too short", id="windows-no-ids"),
     pytest.param(lambda f: text_data.token_windows([0.5, 1.7, 2.2, 3.9], 2), TypeError, "ids",
