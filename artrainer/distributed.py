@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from artrainer.validation import require_choice, require_int
+
 STRATEGIES = ("single", "dp", "fsdp")
 DATA_AXIS = "data"
 
@@ -36,6 +38,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     Call it once per process, before anything touches a device. CPU processes exchange
     collectives over gloo, JAX's default CPU implementation.
     """
+    num_processes = require_int("num_processes", num_processes, minimum=1, optional=True)
+    process_id = require_int("process_id", process_id, minimum=0, optional=True)
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
         num_processes = _env_int("JAX_NUM_PROCESSES", minimum=1)
@@ -59,9 +63,7 @@ def is_main_process() -> bool:
 def make_mesh(strategy: str, devices: Sequence[jax.Device] | None = None) -> Mesh | None:
     """A 1-D mesh with axis ``data`` over ``devices`` (default: every device of every
     process), or None for ``"single"``."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not supported; use one of {STRATEGIES}")
-    if strategy == "single":
+    if require_choice("strategy", strategy, STRATEGIES) == "single":
         return None
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))

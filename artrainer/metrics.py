@@ -10,13 +10,14 @@ perplexity is recomputed as ``exp(mean nll)`` instead of averaged.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from artrainer.validation import require_int
 
 if TYPE_CHECKING:
     from artrainer.module import ARModule
@@ -145,7 +146,7 @@ def distinct_n(samples: Samples, n: int, *, eos_token_id: int | None = None,
     samples say the same things; 0.0 when no row holds a full n-gram. A leading BOS is
     counted like any token: pass ``samples[:, 1:]`` to leave it out.
     """
-    _check_n(n)
+    n = require_int("n", n, minimum=1)
     pooled = np.concatenate([_ngrams(row, n) for row in _content_rows(samples, eos_token_id, pad_token_id)])
     return len(np.unique(pooled, axis=0)) / len(pooled) if len(pooled) else 0.0
 
@@ -159,7 +160,7 @@ def repetition_rate(samples: Samples, n: int = 4, *, eos_token_id: int | None = 
     ``1 - distinct / total``; the result is the unweighted mean over rows that hold at
     least one n-gram (0.0 if none does). Looping samples score near 1, varied ones 0.
     """
-    _check_n(n)
+    n = require_int("n", n, minimum=1)
     rates = [(len(grams) - len(np.unique(grams, axis=0))) / len(grams)
              for grams in (_ngrams(row, n) for row in _content_rows(samples, eos_token_id, pad_token_id))
              if len(grams)]
@@ -228,11 +229,6 @@ def _ngrams(row: np.ndarray, n: int) -> np.ndarray:
     if len(row) < n:
         return np.empty((0, n), np.int64)
     return np.lib.stride_tricks.sliding_window_view(row.astype(np.int64), n)
-
-
-def _check_n(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n={n!r} must be an int >= 1")
 
 
 def _through_first_eos(samples: Samples, eos_token_id: int | None,

@@ -49,13 +49,13 @@ def scale_batch_size(trainer: Trainer, module: ARModule, data: Mapping[str, Any]
         raise TypeError(f"trainer must be an artrainer.Trainer; got {type(trainer).__name__}")
     if not isinstance(module, ARModule):
         raise TypeError(f"module must be an artrainer.ARModule; got {type(module).__name__}")
-    require_int("init_batch_size", init_batch_size, minimum=1)
-    require_int("max_batch_size", max_batch_size, minimum=1, optional=True)
+    init_batch_size = require_int("init_batch_size", init_batch_size, minimum=1)
+    max_batch_size = require_int("max_batch_size", max_batch_size, minimum=1, optional=True)
     if max_batch_size is not None and max_batch_size < init_batch_size:
         raise ValueError(f"max_batch_size={max_batch_size} is below init_batch_size={init_batch_size}")
-    require_int("max_trials", max_trials, minimum=1)
-    require_int("memory_limit_bytes", memory_limit_bytes, minimum=1, optional=True)
-    require_int("steps_per_trial", steps_per_trial, minimum=1)
+    max_trials = require_int("max_trials", max_trials, minimum=1)
+    memory_limit_bytes = require_int("memory_limit_bytes", memory_limit_bytes, minimum=1, optional=True)
+    steps_per_trial = require_int("steps_per_trial", steps_per_trial, minimum=1)
     rows, available = _rows_of(data, module.input_key)
     if init_batch_size > available:
         raise ValueError(f"init_batch_size={init_batch_size} exceeds the {available} rows of data")

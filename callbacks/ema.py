@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from artrainer import Callback
+from artrainer.validation import require_bool, require_int, require_real
 
 
 def _ema_step(ema, params, decay):
@@ -36,11 +37,9 @@ class EMA(Callback):
     uses_module = False
 
     def __init__(self, decay: float = 0.999, *, every_n_steps: int = 1, warmup: bool = True):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay={decay!r} must lie in [0, 1)")
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be an int >= 1")
-        self.decay, self.every_n_steps, self.warmup = decay, every_n_steps, warmup
+        self.decay = require_real("decay", decay, minimum=0, maximum=1, max_open=True)
+        self.every_n_steps = require_int("every_n_steps", every_n_steps, minimum=1)
+        self.warmup = require_bool("warmup", warmup)
         self.ema: nnx.State | None = None
         self.updates = 0
         self._update = jax.jit(_ema_step, donate_argnums=0)

@@ -50,7 +50,7 @@ def test_eos_and_pad_end_a_sample():
 
 
 def test_metrics_validate_their_arguments():
-    with pytest.raises(ValueError, match="n=0"):
+    with pytest.raises(ValueError, match=r"n must be an int >= 1; got 0 \(int\)"):
         distinct_n([[1, 2]], 0)
     with pytest.raises(ValueError, match="shape"):
         repetition_rate(np.arange(4), 2)

@@ -44,10 +44,13 @@ from hypothesis import strategies as st
 
 from artrainer import Trainer
 from stop_training import TraceThenStop
+from artrainer.callbacks import (EarlyStopping, GradientClipping, LearningRateMonitor, LRWarmup, ModelCheckpoint,
+                                 SampleGenerator, TerminateOnNaN)
 from artrainer.data import DataLoader
 from artrainer.data import audio as audio_data
 from artrainer.data import images as image_data
 from artrainer.data import text as text_data
+from artrainer.metrics import distinct_n, repetition_rate
 from artrainer.models import PixelCNN, TransformerAR, WaveNet
 from artrainer.models import pixelcnn as pixelcnn_module
 from artrainer.models import transformer as transformer_module
@@ -939,6 +942,64 @@ def test_fit_and_validate_refuse_hostile_arguments(tmp_path, fit_lm, call, exc, 
         call(trainer, fit_lm)
 
 
+# -- the callbacks and the generation metrics: the Trainer's vocabulary (bool is no count) ------------------
+def _user_callback(file: str, name: str):
+    """A callback class from the repository's callbacks/ folder (not a package)."""
+    return runpy.run_path(os.path.join(ROOT, "callbacks", file))[name]
+
+
+def _int_refusal(name: str, allowed: str, got: str) -> str:
+    """The regex of validation.py's message: ``<name> must be <allowed>; got <got>``."""
+    return rf"^{name} must be {allowed}; got {got}$"
+
+
+#: (call, expected exception, match). Before validation.py several of these were accepted
+#: (``every_n_steps=True`` ran as every step) or were ValueErrors where the Trainer says TypeError.
+CALLBACK_CASES = [
+    pytest.param(lambda: ModelCheckpoint(every_n_steps=True), TypeError,
+                 _int_refusal("every_n_steps", "an int >= 1 or None", r"True \(bool\)"), id="checkpoint-every-bool"),
+    pytest.param(lambda: ModelCheckpoint(every_n_steps=2.0), TypeError,
+                 _int_refusal("every_n_steps", "an int >= 1 or None", r"2.0 \(float\)"), id="checkpoint-every-float"),
+    pytest.param(lambda: ModelCheckpoint(every_n_steps=0), ValueError,
+                 _int_refusal("every_n_steps", "an int >= 1 or None", r"0 \(int\)"), id="checkpoint-every-0"),
+    pytest.param(lambda: ModelCheckpoint(save_top_k=True), TypeError, "save_top_k", id="checkpoint-top_k-bool"),
+    pytest.param(lambda: ModelCheckpoint(keep_last_n="2"), TypeError, "keep_last_n", id="checkpoint-keep-str"),
+    pytest.param(lambda: ModelCheckpoint(async_save="no"), TypeError, r"async_save must be a bool",
+                 id="checkpoint-async-str"),
+    pytest.param(lambda: ModelCheckpoint(mode="best"), ValueError, r"mode must be one of 'min', 'max'",
+                 id="checkpoint-mode"),
+    pytest.param(lambda: SampleGenerator(every_n_steps=True), TypeError,
+                 _int_refusal("every_n_steps", "an int >= 1", r"True \(bool\)"), id="sampler-every-bool"),
+    pytest.param(lambda: SampleGenerator(n_samples=2.0), TypeError, "n_samples", id="sampler-n_samples-float"),
+    pytest.param(lambda: TerminateOnNaN(check_every_n_steps=True), TypeError, "check_every_n_steps",
+                 id="nan-check-every-bool"),
+    pytest.param(lambda: TerminateOnNaN(max_consecutive_bad_steps=1.5), TypeError, "max_consecutive_bad_steps",
+                 id="nan-max-bad-float"),
+    pytest.param(lambda: EarlyStopping(patience=True), TypeError, "patience", id="early-patience-bool"),
+    pytest.param(lambda: EarlyStopping(min_delta=float("nan")), ValueError, "min_delta", id="early-min_delta-nan"),
+    pytest.param(lambda: EarlyStopping(strict="yes"), TypeError, "strict", id="early-strict-str"),
+    pytest.param(lambda: LRWarmup(True), TypeError, "warmup_steps", id="warmup-steps-bool"),
+    pytest.param(lambda: LRWarmup(0, decay="cosine", decay_steps=True), TypeError, "decay_steps",
+                 id="warmup-decay_steps-bool"),
+    pytest.param(lambda: LRWarmup(10, min_ratio="0"), TypeError, "min_ratio", id="warmup-min_ratio-str"),
+    pytest.param(lambda: GradientClipping(max_norm="1"), TypeError, "max_norm", id="clip-norm-str"),
+    pytest.param(lambda: GradientClipping(max_value=float("inf")), ValueError, "max_value", id="clip-value-inf"),
+    pytest.param(lambda: LearningRateMonitor("batch"), ValueError, "logging_interval", id="lr-monitor-interval"),
+    pytest.param(lambda: _user_callback("ema.py", "EMA")(decay=1.0), ValueError, "decay", id="ema-decay-1"),
+    pytest.param(lambda: _user_callback("ema.py", "EMA")(every_n_steps=True), TypeError, "every_n_steps",
+                 id="ema-every-bool"),
+    pytest.param(lambda: distinct_n([[1, 2, 3]], True), TypeError, _int_refusal("n", "an int >= 1", r"True \(bool\)"),
+                 id="distinct_n-bool"),
+    pytest.param(lambda: repetition_rate([[1, 2, 3]], 2.0), TypeError, r"\bn must be an int", id="repetition-float"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", CALLBACK_CASES)
+def test_callbacks_and_metrics_refuse_hostile_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
 # =========================================================================== 5. DataLoader
 def _source(n=10):
     return {"x": np.arange(n * 2, dtype=np.float32).reshape(n, 2), "idx": np.arange(n)}
@@ -1371,6 +1432,8 @@ IMAGE_CASES = [
     pytest.param(lambda f: image_data.check_images(GREY.astype(bool)), TypeError, "integer", id="bool"),
     pytest.param(lambda f: image_data.check_images(GREY.astype(object)), TypeError, "integer", id="object"),
     pytest.param(lambda f: image_data.check_images(GREY, channels=2), ValueError, "channels", id="channels-2"),
+    pytest.param(lambda f: image_data.check_images(GREY, channels=True), TypeError, "channels",
+                 id="channels-bool"),  # True == 1 passed as "one of (1, 3)" before validation.py
     pytest.param(lambda f: image_data.check_images(GREY, size="ab"), TypeError, "size", id="size-str"),
     pytest.param(lambda f: image_data.check_images(GREY, size=(5, 5)), ValueError, "5x5", id="size-mismatch"),
     pytest.param(lambda f: image_data.check_labels(np.array([0.5]), 10), TypeError, "class ids", id="labels-float"),
@@ -1445,7 +1508,7 @@ TEXT_CASES = [
                  id="preprocess-bytes-text"),
     pytest.param(lambda f: text_data.token_windows(range(10), 1), ValueError, "length", id="windows-length-1"),
     pytest.param(lambda f: text_data.token_windows(range(10), -3), ValueError, "length", id="windows-length-neg"),
-    pytest.param(lambda f: text_data.token_windows(range(10), 2.5), ValueError, "length", id="windows-length-float"),
+    pytest.param(lambda f: text_data.token_windows(range(10), 2.5), TypeError, "length", id="windows-length-float"),
     pytest.param(lambda f: text_data.token_windows(range(3), 8), ValueError, "too short", id="windows-too-short"),
     pytest.param(lambda f: text_data.token_windows([], 4), ValueError, "too short", id="windows-no-ids"),
     pytest.param(lambda f: text_data.token_windows([0.5, 1.7, 2.2, 3.9], 2), TypeError, "ids",
@@ -1461,6 +1524,9 @@ TEXT_CASES = [
     pytest.param(lambda f: text_data.read_text_files([f.root]), OSError, "cannot read text file", id="read-a-dir"),
     pytest.param(lambda f: text_data.read_text_files(f.text_txt), TypeError, "paths", id="read-a-str"),
     pytest.param(lambda f: text_data.stdlib_corpus(-1), ValueError, "max_bytes", id="corpus-negative"),
+    pytest.param(lambda f: text_data.preprocess(["a"], text_data.ByteTokenizer(), True), TypeError,
+                 r"max_length must be an int >= 2 \(room for BOS and EOS\); got True \(bool\)",
+                 id="preprocess-max_length-bool"),  # a ValueError before validation.py
 ]
 
 
@@ -1661,6 +1727,7 @@ HOSTILE_INPUT_COUNTS = {
     "WaveNet.__call__": _count(WAVENET_CALL_CASES),
     "Trainer(...)": _count(TRAINER_CASES),
     "Trainer.fit / validate": _count(FIT_CASES, FIT_OTHER_CASES),
+    "callbacks and generation metrics": _count(CALLBACK_CASES),
     "DataLoader": _count(LOADER_CASES),
     "audio data (artrainer.data.audio)": _count(AUDIO_CASES),
     "image data (artrainer.data.images)": _count(IMAGE_CASES),
@@ -1672,12 +1739,12 @@ HOSTILE_INPUT_COUNTS = {
 KNOWN_BUGS = sum(bool(case.marks) for table in (
     SAMPLING_CONFIG_CASES, ABSURD_SAMPLING_CASES, PROCESSOR_CASES, SAMPLER_CASES, TRANSFORMER_CALL_CASES,
     PIXELCNN_CALL_CASES, PIXELCNN_COND_CALL_CASES, WAVENET_CALL_CASES, TRAINER_CASES, FIT_CASES, FIT_OTHER_CASES,
-    LOADER_CASES, AUDIO_CASES, IMAGE_CASES, TEXT_CASES, RECIPE_CASES) for case in table)
+    CALLBACK_CASES, LOADER_CASES, AUDIO_CASES, IMAGE_CASES, TEXT_CASES, RECIPE_CASES) for case in table)
 
 
 def test_every_table_is_counted():
     assert sum(HOSTILE_INPUT_COUNTS.values()) == _count(
         SAMPLING_CONFIG_CASES, ABSURD_SAMPLING_CASES, PROCESSOR_CASES, SAMPLER_CASES, TRANSFORMER_CALL_CASES,
         PIXELCNN_CALL_CASES, PIXELCNN_COND_CALL_CASES, WAVENET_CALL_CASES, TRAINER_CASES, FIT_CASES,
-        FIT_OTHER_CASES, LOADER_CASES, AUDIO_CASES, IMAGE_CASES, TEXT_CASES, RECIPE_CASES)
+        FIT_OTHER_CASES, CALLBACK_CASES, LOADER_CASES, AUDIO_CASES, IMAGE_CASES, TEXT_CASES, RECIPE_CASES)
     assert all(FUZZ_EXAMPLES.values())

@@ -311,7 +311,7 @@ def test_check_images_returns_uint8_unchanged():
     (np.zeros((1, 2, 3, 1), np.uint8), {"size": (3, 2)}, ValueError, r"pics must be 3x2 \(HxW\), got 2x3"),
     (np.full((1, 2, 2, 1), 256, np.int16), {}, ValueError, r"pics must hold values in \[0, 255\], got .* to 256"),
     (np.full((1, 2, 2, 1), -1, np.int32), {}, ValueError, r"pics must hold values in \[0, 255\], got .*-1 to -1"),
-    (np.zeros((1, 2, 2, 1), np.uint8), {"channels": 4}, ValueError, r"channels must be None or one of \(1, 3\), got 4"),
+    (np.zeros((1, 2, 2, 1), np.uint8), {"channels": 4}, ValueError, r"channels must be one of \(1, 3\) or None; got 4 \(int\)"),
     (np.zeros((1, 2, 2, 1), np.uint8), {"size": 2}, TypeError, r"size must be None or a \(height, width\) pair, got 2"),
 ])
 def test_check_images_errors(images, kwargs, error, message):
@@ -327,8 +327,8 @@ def test_check_images_errors(images, kwargs, error, message):
     (np.array([0, -3, 1]), 2, {}, ValueError, r"ys must be class ids >= 0, got -3 at index 1"),
     (np.array([0, 2, 1]), 2, {}, ValueError, r"ys must be class ids < 2 \(num_classes=2\), got 2 at index 1"),
     (np.array([0, 2**31], np.int64), None, {}, ValueError, r"ys must be class ids < 2147483648 \(int32 range\)"),
-    (np.array([0]), 0, {}, ValueError, r"num_classes must be an int >= 1, got 0"),
-    (np.array([0]), True, {}, TypeError, r"num_classes must be an int >= 1, got True of type bool"),
+    (np.array([0]), 0, {}, ValueError, r"num_classes must be an int >= 1; got 0 \(int\)"),
+    (np.array([0]), True, {}, TypeError, r"num_classes must be an int >= 1; got True \(bool\)"),
 ])
 def test_check_labels_errors(labels, num_classes, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -367,9 +367,9 @@ def test_split_train_val_is_disjoint_covering_and_seeded():
 
 @pytest.mark.parametrize("data, n_train, n_val, kwargs, error, message", [
     (indexed_data(10), 9, 2, {}, ValueError, r"n_train \+ n_val = 9 \+ 2 = 11 exceeds the 10 examples"),
-    (indexed_data(10), 10, 0, {}, ValueError, r"n_val must be an int >= 1, got 0"),
-    (indexed_data(10), 5.0, 1, {}, TypeError, r"n_train must be an int >= 1, got 5.0 of type float"),
-    (indexed_data(10), 5, 1, {"seed": -1}, ValueError, r"seed must be an int >= 0, got -1"),
+    (indexed_data(10), 10, 0, {}, ValueError, r"n_val must be an int >= 1; got 0 \(int\)"),
+    (indexed_data(10), 5.0, 1, {}, TypeError, r"n_train must be an int >= 1; got 5.0 \(float\)"),
+    (indexed_data(10), 5, 1, {"seed": -1}, ValueError, r"seed must be an int >= 0; got -1 \(int\)"),
     ({"images": np.zeros((3, 1, 1, 1)), "labels": np.zeros(2)}, 1, 1, {}, ValueError,
      r"one shared leading length, got lengths \{'images': 3, 'labels': 2\}"),
     ({}, 1, 1, {}, TypeError, r"data must be a non-empty dict"),

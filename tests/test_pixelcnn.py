@@ -354,7 +354,7 @@ def test_bad_inputs_raise_before_anything_compiles():
          "labels must hold class ids \\(num_classes=2\\) in \\[0, 2\\); got 2"),
         (lambda: conditional.training_step({"images": good[None]}, nnx.Rngs(0)), "batches with 'labels'"),
         (lambda: conditional(good[None], labels=np.array([0, 1])), "labels must be one class id per example"),
-        (lambda: model.generate(0, rngs=nnx.Rngs(0)), "n_samples=0"),
+        (lambda: model.generate(0, rngs=nnx.Rngs(0)), r"n_samples must be an int >= 1; got 0 \(int\)"),
         (lambda: model.generate(2, -1.0, rngs=nnx.Rngs(0)), "temperature"),
         (lambda: model.generate(2, top_k=0, rngs=nnx.Rngs(0)), "top_k"),
         (lambda: model.generate(2, top_k=257, rngs=nnx.Rngs(0)), "top_k"),

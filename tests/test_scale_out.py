@@ -126,6 +126,10 @@ def test_bad_strategy_mesh_and_initialize_arguments():
         distributed.initialize("localhost:1234")
     with pytest.raises(ValueError, match="process_id=2"):
         distributed.initialize("localhost:1234", 2, 2)
+    with pytest.raises(TypeError, match=r"num_processes must be an int >= 1 or None; got True \(bool\)"):
+        distributed.initialize("localhost:1234", True, 0)
+    with pytest.raises(ValueError, match=r"strategy must be one of 'single', 'dp', 'fsdp'; got 'ddp' \(str\)"):
+        distributed.make_mesh("ddp")
 
 
 def grads_of(model, batch):

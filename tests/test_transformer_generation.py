@@ -222,10 +222,10 @@ def test_prefix_tuning_trains_only_the_prefix(tmp_path):
     (lambda m: m.generate(2, 8, top_p=0.0, rngs=nnx.Rngs(0)), "top_p"),
     (lambda m: m.generate(2, 8, prompt=[1.5, 2.0], rngs=nnx.Rngs(0)), "integer"),
     (lambda m: m.generate(2, 8, prompt=[1, 8], rngs=nnx.Rngs(0)), "outside the vocabulary"),
-    (lambda m: m.generate(2, 17, rngs=nnx.Rngs(0)), "max_length=17"),
-    (lambda m: m.generate(0, 8, rngs=nnx.Rngs(0)), "n_samples=0"),
+    (lambda m: m.generate(2, 17, rngs=nnx.Rngs(0)), r"max_length must be an int in \[2, 16\]; got 17 \(int\)"),
+    (lambda m: m.generate(0, 8, rngs=nnx.Rngs(0)), r"n_samples must be an int >= 1; got 0 \(int\)"),
     (lambda m: m.generate(2, 8, eos_token_id=8, rngs=nnx.Rngs(0)), "eos_token_id=8"),
-    (lambda m: m.beam_search(0, 8), "beam_size=0"),
+    (lambda m: m.beam_search(0, 8), r"beam_size must be an int >= 1; got 0 \(int\)"),
     (lambda m: m.sample_with_conditioning(np.zeros((2, 3), np.int32), n_samples=3, max_length=8,
                                           rngs=nnx.Rngs(0)), "n_samples=3"),
 ])

@@ -127,12 +127,12 @@ def test_other_runtime_errors_propagate(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"init_batch_size": 0}, ValueError, r"init_batch_size must be an int >= 1; got 0"),
+    ({"init_batch_size": 0}, ValueError, r"init_batch_size must be an int >= 1; got 0 \(int\)"),
     ({"init_batch_size": 2.0}, TypeError, r"init_batch_size must be an int >= 1; got 2.0 \(float\)"),
     ({"max_batch_size": 1}, ValueError, r"max_batch_size=1 is below init_batch_size=2"),
-    ({"max_trials": 0}, ValueError, r"max_trials must be an int >= 1; got 0"),
-    ({"memory_limit_bytes": 0}, ValueError, r"memory_limit_bytes must be an int >= 1 or None; got 0"),
-    ({"steps_per_trial": True}, TypeError, r"steps_per_trial must be an int"),
+    ({"max_trials": 0}, ValueError, r"max_trials must be an int >= 1; got 0 \(int\)"),
+    ({"memory_limit_bytes": 0}, ValueError, r"memory_limit_bytes must be an int >= 1 or None; got 0 \(int\)"),
+    ({"steps_per_trial": True}, TypeError, r"steps_per_trial must be an int >= 1; got True \(bool\)"),
     ({"data": [data()]}, TypeError, r"data must be a dict of equal-length arrays or an artrainer"),
     ({"data": {"tokens": ROWS}}, ValueError, r"data lacks the module's input_key 'sequences'"),
     ({"data": {"sequences": ROWS, "mask": ROWS[:3]}}, ValueError, r"equal length; got leading lengths"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_bool, require_choice, require_int, require_real
 
 
 class EarlyStopping(Callback):
@@ -22,12 +23,12 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val/loss", *, min_delta: float = 0.0, patience: int = 3,
                  mode: str = "min", strict: bool = True, check_finite: bool = True,
                  stopping_threshold: float | None = None, divergence_threshold: float | None = None):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
-        if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience={patience!r} must be an int >= 0")
-        if min_delta < 0:
-            raise ValueError(f"min_delta={min_delta!r} must be >= 0")
+        mode = require_choice("mode", mode, ("min", "max"))
+        patience = require_int("patience", patience, minimum=0)
+        min_delta = require_real("min_delta", min_delta, minimum=0)
+        strict, check_finite = require_bool("strict", strict), require_bool("check_finite", check_finite)
+        stopping_threshold = require_real("stopping_threshold", stopping_threshold, optional=True)
+        divergence_threshold = require_real("divergence_threshold", divergence_threshold, optional=True)
         self.monitor, self.min_delta, self.patience, self.mode = monitor, min_delta, patience, mode
         self.strict, self.check_finite = strict, check_finite
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold

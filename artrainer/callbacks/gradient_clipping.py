@@ -5,6 +5,7 @@ from __future__ import annotations
 import optax
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_real
 
 
 class GradientClipping(Callback):
@@ -19,9 +20,8 @@ class GradientClipping(Callback):
         if (max_norm is None) == (max_value is None):
             raise ValueError("GradientClipping needs exactly one of max_norm or max_value; got "
                              f"max_norm={max_norm!r}, max_value={max_value!r}")
-        limit = max_norm if max_norm is not None else max_value
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-            raise ValueError(f"{'max_norm' if max_norm is not None else 'max_value'}={limit!r} must be a number > 0")
+        max_norm = require_real("max_norm", max_norm, minimum=0, min_open=True, optional=True)
+        max_value = require_real("max_value", max_value, minimum=0, min_open=True, optional=True)
         self.max_norm, self.max_value = max_norm, max_value
 
     def configure_optimizer(self, trainer, module, tx):

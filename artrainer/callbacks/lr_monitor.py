@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_choice
 
 
 class LearningRateMonitor(Callback):
@@ -16,9 +17,7 @@ class LearningRateMonitor(Callback):
     logged_metrics = frozenset({"lr"})
 
     def __init__(self, logging_interval: str = "step"):
-        if logging_interval not in ("step", "epoch"):
-            raise ValueError(f"logging_interval={logging_interval!r} must be 'step' or 'epoch'")
-        self.logging_interval = logging_interval
+        self.logging_interval = require_choice("logging_interval", logging_interval, ("step", "epoch"))
 
     def _log(self, trainer):
         lr = trainer.current_lr()

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_choice, require_int, require_real
 
 DECAYS = ("constant", "cosine", "linear", "inverse_sqrt")
 
@@ -29,16 +30,13 @@ class LRWarmup(Callback):
 
     def __init__(self, warmup_steps: int, *, decay: str = "constant", decay_steps: int | None = None,
                  min_ratio: float = 0.0):
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps!r} must be an int >= 0")
-        if decay not in DECAYS:
-            raise ValueError(f"decay={decay!r} is not supported; use one of {DECAYS}")
+        warmup_steps = require_int("warmup_steps", warmup_steps, minimum=0)
+        decay = require_choice("decay", decay, DECAYS)
         if decay == "inverse_sqrt" and warmup_steps == 0:
             raise ValueError("decay='inverse_sqrt' peaks at the end of warmup: it needs warmup_steps >= 1")
-        if decay_steps is not None and (not isinstance(decay_steps, int) or decay_steps <= warmup_steps):
-            raise ValueError(f"decay_steps={decay_steps!r} must be an int > warmup_steps={warmup_steps}")
-        if not 0.0 <= min_ratio <= 1.0:
-            raise ValueError(f"min_ratio={min_ratio!r} must lie in [0, 1]")
+        decay_steps = require_int("decay_steps", decay_steps, minimum=warmup_steps + 1, optional=True,
+                                  why=f"more than warmup_steps={warmup_steps}")
+        min_ratio = require_real("min_ratio", min_ratio, minimum=0, maximum=1)
         self.warmup_steps, self.decay, self.decay_steps, self.min_ratio = warmup_steps, decay, decay_steps, min_ratio
 
     @property

@@ -8,6 +8,7 @@ import warnings
 
 from artrainer.callbacks.base import Callback
 from artrainer.checkpointing import CheckpointStore
+from artrainer.validation import require_bool, require_choice, require_int
 
 
 class ModelCheckpoint(Callback):
@@ -31,17 +32,14 @@ class ModelCheckpoint(Callback):
     def __init__(self, dirpath: str | os.PathLike | None = None, *, every_n_steps: int | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
                  save_last: bool = True, async_save: bool = True, keep_last_n: int = 1):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode={mode!r} must be 'min' or 'max'")
-        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be None or an int >= 1")
-        if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"save_top_k={save_top_k!r} must be an int >= -1 (-1 keeps every checkpoint)")
+        mode = require_choice("mode", mode, ("min", "max"))
+        every_n_steps = require_int("every_n_steps", every_n_steps, minimum=1, optional=True)
+        save_top_k = require_int("save_top_k", save_top_k, minimum=-1, why="-1 keeps every checkpoint")
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise ValueError(f"save_top_k={save_top_k} ranks checkpoints, which needs a monitor metric; "
                              "set monitor= (e.g. 'val/loss') or use save_top_k in (-1, 0, 1)")
-        if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1:
-            raise ValueError(f"keep_last_n={keep_last_n!r} must be an int >= 1")
+        keep_last_n = require_int("keep_last_n", keep_last_n, minimum=1)
+        save_last, async_save = require_bool("save_last", save_last), require_bool("async_save", async_save)
         if save_top_k == 0 and not save_last:
             raise ValueError("save_top_k=0 with save_last=False would never keep a checkpoint")
         self.dirpath = None if dirpath is None else os.fspath(dirpath)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_bool
 
 
 class ProgressBar(Callback):
@@ -14,7 +15,7 @@ class ProgressBar(Callback):
     role = "progress_bar"
 
     def __init__(self, *, leave: bool = True):
-        self.leave = leave
+        self.leave = require_bool("leave", leave)
         self.bar = None
 
     def on_train_start(self, trainer, module):

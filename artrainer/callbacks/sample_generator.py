@@ -9,6 +9,7 @@ from flax import nnx
 
 from artrainer.callbacks.base import Callback
 from artrainer.metrics import generation_quality
+from artrainer.validation import require_bool, require_int
 
 
 class SampleGenerator(Callback):
@@ -30,14 +31,12 @@ class SampleGenerator(Callback):
     def __init__(self, every_n_steps: int = 500, n_samples: int = 4, *,
                  generate_kwargs: Mapping[str, Any] | None = None, on_train_end: bool = True,
                  quality_metrics: bool = False, reference_model=None):
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps!r} must be an int >= 1")
-        if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples={n_samples!r} must be an int >= 1")
-        self.every_n_steps, self.n_samples = every_n_steps, n_samples
+        self.every_n_steps = require_int("every_n_steps", every_n_steps, minimum=1)
+        self.n_samples = require_int("n_samples", n_samples, minimum=1)
         self.generate_kwargs = dict(generate_kwargs or {})
-        self.at_train_end = on_train_end
-        self.quality_metrics, self.reference_model = quality_metrics, reference_model
+        self.at_train_end = require_bool("on_train_end", on_train_end)
+        self.quality_metrics = require_bool("quality_metrics", quality_metrics)
+        self.reference_model = reference_model
         self.last_samples = None
         self._last_step = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from artrainer.callbacks.base import Callback
+from artrainer.validation import require_bool, require_int
 
 
 class TerminateOnNaN(Callback):
@@ -25,15 +26,9 @@ class TerminateOnNaN(Callback):
 
     def __init__(self, check_every_n_steps: int | None = None, *, skip_bad_steps: bool = False,
                  max_consecutive_bad_steps: int = 10):
-        if check_every_n_steps is not None and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
-            raise ValueError(f"check_every_n_steps={check_every_n_steps!r} must be None or an int >= 1")
-        if not isinstance(skip_bad_steps, bool):
-            raise TypeError(f"skip_bad_steps must be a bool; got {skip_bad_steps!r}")
-        if (isinstance(max_consecutive_bad_steps, bool) or not isinstance(max_consecutive_bad_steps, int)
-                or max_consecutive_bad_steps < 1):
-            raise ValueError(f"max_consecutive_bad_steps={max_consecutive_bad_steps!r} must be an int >= 1")
-        self.check_every_n_steps = check_every_n_steps
-        self.skip_bad_steps, self.max_consecutive_bad_steps = skip_bad_steps, max_consecutive_bad_steps
+        self.check_every_n_steps = require_int("check_every_n_steps", check_every_n_steps, minimum=1, optional=True)
+        self.skip_bad_steps = require_bool("skip_bad_steps", skip_bad_steps)
+        self.max_consecutive_bad_steps = require_int("max_consecutive_bad_steps", max_consecutive_bad_steps, minimum=1)
 
     @property
     def skip_nonfinite_steps(self) -> int:

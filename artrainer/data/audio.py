@@ -14,7 +14,6 @@ so a model can encode and decode on the device. Nothing here unpickles.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import re
 import sys
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import soundfile
 from numpy.typing import ArrayLike
+
+from artrainer.validation import require_int
 
 AudioData = dict[str, np.ndarray]
 
@@ -48,7 +49,8 @@ def mu_law_encode(audio: ArrayLike, quantization_channels: int = QUANTIZATION_CH
     (traced or not) gives a jax array computed in its own precision, numpy input one computed
     in float64. Input holding NaN is refused, unless it is traced (its values cannot be read).
     """
-    mu = _check_channels(quantization_channels) - 1
+    mu = require_int("quantization_channels", quantization_channels, minimum=2,
+                     maximum=_MAX_QUANTIZATION_CHANNELS) - 1
     xp = _array_module(audio)
     audio = xp.asarray(audio)
     if not xp.issubdtype(audio.dtype, xp.floating):
@@ -70,7 +72,8 @@ def mu_law_decode(codes: ArrayLike, quantization_channels: int = QUANTIZATION_CH
     the same codes. Codes must be integers in ``[0, μ]`` (codes outside decode beyond ±1);
     only traced jax values cannot be checked.
     """
-    mu = _check_channels(quantization_channels) - 1
+    mu = require_int("quantization_channels", quantization_channels, minimum=2,
+                     maximum=_MAX_QUANTIZATION_CHANNELS) - 1
     xp = _array_module(codes)
     codes = xp.asarray(codes)
     if not xp.issubdtype(codes.dtype, xp.integer):
@@ -97,7 +100,7 @@ def check_audio(audio: ArrayLike, *, name: str = "audio", sample_rate: int | Non
     """
     for argument, rate in (("sample_rate", sample_rate), ("expected_rate", expected_rate)):
         if rate is not None:
-            _check_rate(argument, rate)
+            require_int(argument, rate, minimum=1)
     if sample_rate is not None and expected_rate is not None and sample_rate != expected_rate:
         raise ValueError(f"{name} has sample rate {sample_rate} Hz but {expected_rate} Hz is expected; "
                          f"resample it first, e.g. resample(audio, {sample_rate}, {expected_rate})")
@@ -151,7 +154,8 @@ def resample(audio: ArrayLike, orig_rate: int, new_rate: int) -> np.ndarray:
     Band-limiting overshoots a little at sharp edges, so the result is clipped to [-1, 1].
     """
     audio = check_audio(audio)
-    orig_rate, new_rate = _check_rate("orig_rate", orig_rate), _check_rate("new_rate", new_rate)
+    orig_rate = require_int("orig_rate", orig_rate, minimum=1)
+    new_rate = require_int("new_rate", new_rate, minimum=1)
     if orig_rate == new_rate:
         return audio
     divisor = math.gcd(orig_rate, new_rate)
@@ -185,7 +189,7 @@ def read_wav(path: str | os.PathLike, *, sample_rate: int | None = None,
     """
     where = os.fspath(path)
     if sample_rate is not None:
-        _check_rate("sample_rate", sample_rate)
+        require_int("sample_rate", sample_rate, minimum=1)
     if not os.path.isfile(where):
         raise ValueError(f"{where!r} does not exist or is not a file")
     try:
@@ -210,7 +214,7 @@ def write_wav(path: str | os.PathLike, audio: ArrayLike, sample_rate: int) -> No
     reads back, so audio read from a 16-bit file is written back bit for bit.
     """
     audio = check_audio(audio)
-    sample_rate = _check_rate("sample_rate", sample_rate)
+    sample_rate = require_int("sample_rate", sample_rate, minimum=1)
     pcm = np.clip(np.round(audio.astype(np.float64) * _PCM16_SCALE), -_PCM16_SCALE, _PCM16_SCALE - 1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(os.fspath(path), pcm.astype(np.int16), sample_rate, subtype="PCM_16", format="WAV")
@@ -222,7 +226,7 @@ def fit_length(audio: ArrayLike, length: int) -> tuple[np.ndarray, np.ndarray]:
     Returns (float32 ``[length]``, int32 mask ``[length]``: 1 on real samples, 0 on padding).
     """
     audio = check_audio(audio)
-    length = _check_int("length", length, 1)
+    length = require_int("length", length, minimum=1)
     kept = min(len(audio), length)
     fitted, mask = np.zeros(length, np.float32), np.zeros(length, np.int32)
     fitted[:kept], mask[:kept] = audio[:kept], 1
@@ -238,8 +242,8 @@ def frame_windows(audio: ArrayLike, length: int, *, hop: int | None = None) -> t
     audio shorter than ``length`` gives a single padded window.
     """
     audio = check_audio(audio)
-    length = _check_int("length", length, 1)
-    hop = length if hop is None else _check_int("hop", hop, 1)
+    length = require_int("length", length, minimum=1)
+    hop = length if hop is None else require_int("hop", hop, minimum=1)
     if hop > length:
         raise ValueError(f"hop must be at most length={length}, so no sample falls between windows, got hop={hop}")
     count = 1 + -(-max(len(audio) - length, 0) // hop)
@@ -258,7 +262,8 @@ def load_fsdd(root: str | os.PathLike, *, sample_rate: int = 8000, length: int =
     digits), 'speakers' and 'paths', in (digit, speaker, index) order so every load is the
     same. ``digits`` and ``speakers`` keep only those recordings.
     """
-    sample_rate, length = _check_rate("sample_rate", sample_rate), _check_int("length", length, 1)
+    sample_rate = require_int("sample_rate", sample_rate, minimum=1)
+    length = require_int("length", length, minimum=1)
     recordings = _fsdd_recordings(root)
     if digits is not None:
         digits = set(digits)
@@ -288,7 +293,8 @@ def load_wav_folder(root: str | os.PathLike, *, sample_rate: int, length: int, h
     index the sorted class names in 'classes'. 'classes' has one entry per class, not per
     row, so leave it out of a DataLoader (``columns=...``). Files directly in ``root`` have no label.
     """
-    sample_rate, length = _check_rate("sample_rate", sample_rate), _check_int("length", length, 1)
+    sample_rate = require_int("sample_rate", sample_rate, minimum=1)
+    length = require_int("length", length, minimum=1)
     folder = Path(root)
     if not folder.is_dir():
         raise ValueError(f"wav folder {os.fspath(root)!r} does not exist or is not a directory")
@@ -396,21 +402,3 @@ def _first_index(flags: np.ndarray) -> int | tuple[int, ...]:
     index = np.unravel_index(int(np.argmax(flags)), flags.shape)
     return int(index[0]) if len(index) == 1 else tuple(int(i) for i in index)
 
-
-def _check_channels(quantization_channels: Any) -> int:
-    channels = _check_int("quantization_channels", quantization_channels, 2)
-    if channels > _MAX_QUANTIZATION_CHANNELS:
-        raise ValueError(f"quantization_channels must be at most {_MAX_QUANTIZATION_CHANNELS}, got {channels}")
-    return channels
-
-
-def _check_rate(argument: str, rate: Any) -> int:
-    return _check_int(argument, rate, 1)
-
-
-def _check_int(argument: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{argument} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
-    return int(value)

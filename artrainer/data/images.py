@@ -13,17 +13,18 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
-import numbers
 import os
 import struct
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from artrainer.validation import require_int
 
 if TYPE_CHECKING:
     import datasets
@@ -216,8 +217,7 @@ def check_images(images: ArrayLike, *, name: str = "images", channels: int | Non
     needs them. Floats are refused rather than rescaled: whether they mean 0..1 or 0..255
     is exactly the guess that silently ruins an image model.
     """
-    if channels not in (None, *_CHANNELS):
-        raise ValueError(f"channels must be None or one of {_CHANNELS}, got {channels!r}")
+    require_int("channels", channels, optional=True, allowed=f"one of {_CHANNELS}", ok=lambda c: c in _CHANNELS)
     if size is not None and (isinstance(size, str) or not isinstance(size, Sequence) or len(size) != 2):
         raise TypeError(f"size must be None or a (height, width) pair, got {size!r}")
     images = np.asarray(images)
@@ -251,7 +251,7 @@ def check_labels(labels: ArrayLike, num_classes: int | None, *, name: str = "lab
     number of images, so a labels array that has drifted out of step with them is caught.
     """
     if num_classes is not None:
-        _check_int("num_classes", num_classes, 1)
+        require_int("num_classes", num_classes, minimum=1)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         hint = " (class names? encode them, e.g. Dataset.class_encode_column)" if labels.dtype.kind in "USO" else ""
@@ -285,7 +285,7 @@ def split_train_val(data: Mapping[str, ArrayLike], n_train: int, n_val: int, *,
     if None in lengths.values() or len(set(lengths.values())) > 1:
         raise ValueError(f"data must hold arrays with one shared leading length, got lengths {lengths}")
     num_examples = next(iter(lengths.values()))
-    n_train, n_val, seed = (_check_int(argument, value, minimum) for argument, value, minimum in
+    n_train, n_val, seed = (require_int(argument, value, minimum=minimum) for argument, value, minimum in
                             (("n_train", n_train, 1), ("n_val", n_val, 1), ("seed", seed, 0)))
     if n_train + n_val > num_examples:
         raise ValueError(f"n_train + n_val = {n_train} + {n_val} = {n_train + n_val} exceeds the "
@@ -328,11 +328,3 @@ def _image_data(images: ArrayLike, labels: ArrayLike | None, *, num_classes: int
     if labels is not None:
         data["labels"] = check_labels(labels, num_classes, name=labels_name, num_examples=len(data["images"]))
     return data
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)

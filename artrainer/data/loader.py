@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 import queue
 import sys
 import threading
@@ -12,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from artrainer.validation import require_bool, require_choice, require_int
 
 if TYPE_CHECKING:
     import datasets
@@ -55,23 +56,18 @@ class DataLoader:
         num_shards: int = 1,
         shard_index: int = 0,
     ):
-        self.batch_size = _check_int("batch_size", batch_size, minimum=1)
-        self.num_shards = _check_int("num_shards", num_shards, minimum=1)
-        self.shard_index = _check_int("shard_index", shard_index, minimum=0)
+        self.batch_size = require_int("batch_size", batch_size, minimum=1)
+        self.num_shards = require_int("num_shards", num_shards, minimum=1)
+        self.shard_index = require_int("shard_index", shard_index, minimum=0)
         if self.shard_index >= self.num_shards:
             raise ValueError(f"shard_index={shard_index} must be < num_shards={num_shards}")
         if self.batch_size % self.num_shards:
             raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by "
                              f"num_shards={num_shards}, so every shard gets the same number of rows")
-        self.seed = _check_int("seed", seed, minimum=0)
-        self.prefetch = _check_int("prefetch", prefetch, minimum=0)
-        if last_batch not in _LAST_BATCH_MODES:
-            raise ValueError(f"last_batch must be one of {_LAST_BATCH_MODES}, got {last_batch!r}")
-        self.last_batch = last_batch
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be a bool (True or False), got {shuffle!r} of type "
-                            f"{type(shuffle).__name__}")
-        self.shuffle = bool(shuffle)
+        self.seed = require_int("seed", seed, minimum=0)
+        self.prefetch = require_int("prefetch", prefetch, minimum=0)
+        self.last_batch = require_choice("last_batch", last_batch, _LAST_BATCH_MODES)
+        self.shuffle = require_bool("shuffle", shuffle)
 
         self._num_examples, self.columns, self._gather = _open_source(source, columns)
         if last_batch == "pad" and _MASK_KEY in self.columns:
@@ -130,7 +126,7 @@ class DataLoader:
         if missing:
             raise ValueError(f"state is missing keys {missing}; expected keys {_STATE_KEYS}")
         epoch, batches_yielded, seed = (
-            _check_int(f"state[{key!r}]", state[key], minimum=0) for key in _STATE_KEYS
+            require_int(f"state[{key!r}]", state[key], minimum=0) for key in _STATE_KEYS
         )
         if seed != self.seed:
             raise ValueError(
@@ -161,14 +157,6 @@ class DataLoader:
         if self.last_batch == "pad":
             batch[_MASK_KEY] = mask[shard]
         return batch
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _open_source(source: Any, columns: Sequence[str] | None) -> tuple[int, tuple[str, ...], Gather]:

@@ -8,7 +8,6 @@ tokenizer file cannot run code).
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from artrainer.validation import require_int
 
 #: BPETokenizer's special tokens, in the order they get ids 0, 1, 2.
 BPE_SPECIAL_TOKENS = ("<bos>", "<eos>", "<pad>")
@@ -161,9 +162,9 @@ class BPETokenizer:
         at least 259. ``texts`` is streamed, never held in memory at once.
         """
         minimum = 256 + len(BPE_SPECIAL_TOKENS)
-        _check_int("vocab_size", vocab_size, minimum=minimum,
-                   why=f"256 byte tokens + {len(BPE_SPECIAL_TOKENS)} special tokens")
-        _check_int("min_frequency", min_frequency, minimum=1)
+        vocab_size = require_int("vocab_size", vocab_size, minimum=minimum,
+                                 why=f"256 byte tokens + {len(BPE_SPECIAL_TOKENS)} special tokens")
+        min_frequency = require_int("min_frequency", min_frequency, minimum=1)
         if isinstance(texts, str):
             raise TypeError("texts must be an iterable of strings, not a single str")
         tokenizer = tokenizers.Tokenizer(models.BPE())
@@ -217,7 +218,7 @@ def preprocess(texts: Iterable[str], tokenizer: Tokenizer, max_length: int) -> d
     mask 1 on real tokens (BOS and EOS included), ready for ``DataLoader``. Truncated
     rows lose their EOS, as in the guide: the model never learns to stop mid-thought.
     """
-    _check_int("max_length", max_length, minimum=2, why="room for BOS and EOS")
+    max_length = require_int("max_length", max_length, minimum=2, why="room for BOS and EOS")
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of strings, not a single str")
     rows = []
@@ -316,7 +317,7 @@ def read_text_files(paths: Iterable[str | os.PathLike], *, encoding: str = "utf-
 
 def stdlib_corpus(max_bytes: int = 4_000_000) -> str:
     """The Python standard library's own ``.py`` sources: a corpus every machine has."""
-    _check_int("max_bytes", max_bytes, minimum=0)
+    max_bytes = require_int("max_bytes", max_bytes, minimum=0)
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if p.is_file())
     text, size = [], 0
@@ -336,7 +337,7 @@ def token_windows(ids: np.ndarray | list[int], length: int, *, bos_token_id: int
     tokens, so the model also learns to predict a window's first real token. ``ids`` must
     be one sequence of integer token ids in int32's range.
     """
-    _check_int("length", length, minimum=2)
+    length = require_int("length", length, minimum=2)
     ids = np.asarray(list(ids) if isinstance(ids, Iterator) else ids)
     if ids.ndim != 1:
         raise ValueError(f"ids must be one sequence of token ids (1-D), got shape {ids.shape}")
@@ -392,12 +393,6 @@ def _id_list(ids: Iterable[int]) -> list[int]:
     if ids.ndim != 1:
         raise ValueError(f"ids must be one sequence of token ids, got shape {ids.shape}")
     return ids.tolist()
-
-
-def _check_int(name: str, value: Any, *, minimum: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        because = f" ({why})" if why else ""
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}{because}")
 
 
 def _write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:

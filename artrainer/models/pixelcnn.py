@@ -35,8 +35,9 @@ from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
 from artrainer.models.inputs import check_int_argument, check_int_values, host_or_jax_array
 from artrainer.module import ARModule
-from artrainer.sampling.decode import as_key, check_count
+from artrainer.sampling.decode import as_key
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
+from artrainer.validation import require_int
 
 NUM_VALUES = 256
 OUTPUTS = ("categorical", "logistic_mixture")
@@ -346,7 +347,7 @@ class PixelCNN(ARModule):
         ``temperature=0`` (or ``top_k=1``) is greedy. ``class_label`` (an int, or one per
         sample) conditions a class-conditional model. One compiled loop, see :func:`sample_pixels`.
         """
-        n_samples = check_count("n_samples", n_samples)
+        n_samples = require_int("n_samples", n_samples, minimum=1)
         canvas = np.zeros((n_samples, *self.image_shape), np.int32)
         return self._sample(canvas, np.zeros(canvas.shape, bool), rngs=rngs, class_label=class_label,
                             temperature=temperature, top_k=top_k, top_p=top_p)
@@ -388,7 +389,7 @@ class PixelCNN(ARModule):
         rows = images.shape[0]
         if n_samples is None:
             n_samples = rows
-        n_samples = check_count("n_samples", n_samples)
+        n_samples = require_int("n_samples", n_samples, minimum=1)
         if rows not in (1, n_samples):
             raise ValueError(f"conditioning has {rows} images but n_samples={n_samples}; give one image "
                              "(shared by every sample) or one per sample")

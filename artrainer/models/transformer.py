@@ -23,8 +23,9 @@ from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
 from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.beam_search import beam_search
-from artrainer.sampling.decode import as_key, check_count, check_flag, check_prompt, decode
-from artrainer.sampling.processors import SamplingConfig, check_real
+from artrainer.sampling.decode import as_key, check_prompt, decode
+from artrainer.sampling.processors import SamplingConfig
+from artrainer.validation import require_bool, require_int, require_real
 
 POSITION_ENCODINGS = ("learned", "rotary")
 ROPE_BASE = 10_000.0
@@ -297,17 +298,17 @@ class TransformerAR(ARModule):
     def _generate(self, n_samples, max_length, temperature, top_k, top_p, *, rngs, prompt, eos_token_id,
                   repetition_penalty, use_cache=True, prompt_name="prompt") -> jax.Array:
         """:meth:`generate`, with the prompt's argument name for error messages."""
-        max_length = self.sequence_length if max_length is None else check_count(
+        max_length = self.sequence_length if max_length is None else require_int(
             "max_length", max_length, minimum=2, maximum=self.sequence_length)
         if n_samples is not None:
-            check_count("n_samples", n_samples)
+            require_int("n_samples", n_samples, minimum=1)
         config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,
                                        repetition_penalty=repetition_penalty, vocab_size=self.vocab_size)
         start = [self.bos_token_id or 0] if prompt is None else prompt
         prompt = check_prompt(start, n_samples=1 if prompt is None and n_samples is None else n_samples,
                               vocab_size=self.vocab_size, max_length=max_length, name=prompt_name)
         eos_token_id = self._check_token_id("eos_token_id", eos_token_id)
-        use_cache = check_flag("use_cache", use_cache)
+        use_cache = require_bool("use_cache", use_cache)
         key = as_key(rngs)
         graphdef, state = nnx.split(self)
         return decode(graphdef, state, jnp.asarray(prompt), key, max_length=max_length, config=config,
@@ -324,10 +325,10 @@ class TransformerAR(ARModule):
         """Beam search from ``prompt`` (``[P]``; default BOS): ``(sequences [beam_size, max_length],
         scores [beam_size])``, best first; see :mod:`artrainer.sampling.beam_search`. ``rngs``
         is accepted for the guide's call signature and unused (the search is deterministic)."""
-        beam_size = check_count("beam_size", beam_size)
-        max_length = self.sequence_length if max_length is None else check_count(
+        beam_size = require_int("beam_size", beam_size, minimum=1)
+        max_length = self.sequence_length if max_length is None else require_int(
             "max_length", max_length, minimum=2, maximum=self.sequence_length)
-        length_penalty = check_real("length_penalty", length_penalty, "a finite real number")
+        length_penalty = require_real("length_penalty", length_penalty)
         start = [self.bos_token_id or 0] if prompt is None else prompt
         prompt = check_prompt(start, n_samples=None, vocab_size=self.vocab_size, max_length=max_length)
         if prompt.shape[0] != 1:

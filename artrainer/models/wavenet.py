@@ -35,8 +35,9 @@ from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
 from artrainer.models.inputs import check_int_argument, check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
-from artrainer.sampling.decode import as_key, check_count, check_prompt
+from artrainer.sampling.decode import as_key, check_prompt
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
+from artrainer.validation import require_int
 
 GENERATION_METHODS = ("fast", "naive")
 #: Longest generate() output: 2**24 codes (17 minutes at 16 kHz) per sample. The scan's
@@ -236,8 +237,8 @@ class WaveNet(ARModule):
         same ``rngs`` both return the same samples. One compiled ``lax.scan`` per shape;
         ``max_length`` is at most :data:`MAX_GENERATE_LENGTH`.
         """
-        n_samples = check_count("n_samples", n_samples)
-        max_length = check_count("max_length", max_length, maximum=MAX_GENERATE_LENGTH)
+        n_samples = require_int("n_samples", n_samples, minimum=1)
+        max_length = require_int("max_length", max_length, minimum=1, maximum=MAX_GENERATE_LENGTH)
         if method not in GENERATION_METHODS:
             raise ValueError(f"method={method!r} is not supported; use one of {GENERATION_METHODS}")
         config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,

@@ -70,21 +70,6 @@ def check_prompt(prompt, *, n_samples: int | None, vocab_size: int, max_length: 
     return array.astype(np.int32)
 
 
-def check_count(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__})")
-    if value < minimum or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name}={value} must be {allowed}")
-    return int(value)
-
-
-def check_flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool (True or False); got {value!r} ({type(value).__name__})")
-    return bool(value)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_length", "config", "eos_token_id",
                                              "pad_token_id", "use_cache"))
 def decode(graphdef, state, prompt, key, *, max_length: int, config: SamplingConfig,

@@ -29,14 +29,13 @@ Semantics worth knowing:
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-import reprlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from artrainer.validation import require_int, require_real
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -45,37 +44,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SCALE_RANGE = (2.0**-126, 2.0**126)
 
 
-def check_real(name: str, value, allowed: str, ok=lambda value: True) -> float:
-    """``value`` as a finite Python float for which ``ok`` holds, else a TypeError /
-    ValueError naming ``name``, the value and what is ``allowed``."""
-    # bool is an int to Python, but True as a temperature is always a mistake.
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float's range, e.g. 10**400
-        raise ValueError(f"{name} must be {allowed}; got {reprlib.repr(value)}, beyond the float range") from None
-    if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return value
-
-
-def check_int(name: str, value, allowed: str, ok=lambda value: True) -> int:
-    """``value`` as a Python int for which ``ok`` holds, else a TypeError / ValueError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if not ok(value):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return value
-
-
-def _check_scale(name: str, value, allowed: str, ok):
+def _check_scale(name: str, value, **bounds):
     """A processor parameter, checked on the host when given as a number (a jax array,
     traced under ``jit`` say, passes unchecked), then clamped to ``_SCALE_RANGE``."""
     if isinstance(value, jax.Array):
         return jnp.clip(value.astype(jnp.float32), *_SCALE_RANGE)
-    return min(max(check_real(name, value, allowed, ok), _SCALE_RANGE[0]), _SCALE_RANGE[1])
+    return min(max(require_real(name, value, **bounds), _SCALE_RANGE[0]), _SCALE_RANGE[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +68,12 @@ class SamplingConfig:
 
     def __post_init__(self):
         canonical = {
-            "temperature": check_real("temperature", self.temperature,
-                                      "a finite real number >= 0 (0 = greedy)", lambda t: t >= 0),
-            "top_k": None if self.top_k is None else check_int(
-                "top_k", self.top_k, "None (off) or an int >= 1 (1 = greedy)", lambda k: k >= 1),
-            "top_p": None if self.top_p is None else check_real(
-                "top_p", self.top_p, "None or a real number in (0, 1] (1 = off)", lambda p: 0 < p <= 1),
-            "repetition_penalty": check_real("repetition_penalty", self.repetition_penalty,
-                                             "a finite real number > 0 (1 = off)", lambda r: r > 0),
+            "temperature": require_real("temperature", self.temperature, minimum=0, why="0 = greedy"),
+            "top_k": require_int("top_k", self.top_k, minimum=1, optional=True, why="1 = greedy"),
+            "top_p": require_real("top_p", self.top_p, minimum=0, maximum=1, min_open=True, optional=True,
+                                  why="1 = off"),
+            "repetition_penalty": require_real("repetition_penalty", self.repetition_penalty, minimum=0,
+                                               min_open=True, why="1 = off"),
         }
         if canonical["top_p"] == 1.0:
             canonical["top_p"] = None
@@ -113,11 +85,10 @@ class SamplingConfig:
                vocab_size=None) -> SamplingConfig:
         """Validated constructor; given ``vocab_size`` it also rejects a ``top_k`` beyond it."""
         config = cls(temperature, top_k, top_p, repetition_penalty)
+        vocab_size = require_int("vocab_size", vocab_size, minimum=1, optional=True)
         if vocab_size is not None:
-            vocab_size = check_int("vocab_size", vocab_size, "None or an int >= 1", lambda v: v >= 1)
-            if config.top_k is not None and config.top_k > vocab_size:
-                raise ValueError(f"top_k must be None or an int in [1, vocab_size={vocab_size}]; "
-                                 f"got {top_k!r}")
+            require_int("top_k", config.top_k, minimum=1, maximum=vocab_size, optional=True,
+                        why=f"at most vocab_size={vocab_size}")
         return config
 
     @property
@@ -134,7 +105,7 @@ def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty) -> jax
     clamped to ``[2**-126, 2**126]`` and the results to float32's finite range, so extreme
     penalties give extreme, never infinite or NaN, logits.
     """
-    penalty = _check_scale("penalty", penalty, "a finite real number > 0 (1 = off)", lambda r: r > 0)
+    penalty = _check_scale("penalty", penalty, minimum=0, min_open=True, why="1 = off")
     logits = jnp.asarray(logits, jnp.float32)
     penalised = jnp.clip(jnp.where(logits > 0, logits / penalty, logits * penalty), -_FLOAT32_MAX, _FLOAT32_MAX)
     return jnp.where(seen & ~jnp.isneginf(logits), penalised, logits)
@@ -147,15 +118,15 @@ def apply_temperature(logits: jax.Array, temperature) -> jax.Array:
     temperature clamped to ``[2**-126, 2**126]``, so no temperature overflows them to
     ``+inf`` or turns ``-inf / inf`` into NaN.
     """
-    temperature = _check_scale("temperature", temperature, "a finite real number > 0 (0 = greedy "
-                               "is handled by process_logits)", lambda t: t > 0)
+    temperature = _check_scale("temperature", temperature, minimum=0, min_open=True,
+                               why="0 = greedy is handled by process_logits")
     logits = jnp.asarray(logits, jnp.float32)
     return (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
 
 
 def apply_top_k(logits: jax.Array, k: int) -> jax.Array:
     """Keep exactly the ``k`` (a static int >= 1) highest logits, ties to the lower token id."""
-    k = check_int("k", k, "a static int >= 1", lambda k: k >= 1)
+    k = require_int("k", k, minimum=1)
     logits = jnp.asarray(logits, jnp.float32)
     return _truncate(logits, min(k, logits.shape[-1]), None)
 
@@ -163,7 +134,7 @@ def apply_top_k(logits: jax.Array, k: int) -> jax.Array:
 def apply_top_p(logits: jax.Array, p) -> jax.Array:
     """Nucleus filter: keep the smallest most-probable set whose probability is >= ``p`` (in (0, 1])."""
     if not isinstance(p, jax.Array):
-        p = check_real("p", p, "a real number in (0, 1]", lambda p: 0 < p <= 1)
+        p = require_real("p", p, minimum=0, maximum=1, min_open=True)
     logits = jnp.asarray(logits, jnp.float32)
     return _truncate(logits, logits.shape[-1], p)
 

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from artrainer.sampling.decode import as_key, check_count, check_prompt
+from artrainer.sampling.decode import as_key, check_prompt
 from artrainer.sampling.processors import SamplingConfig, token_log_probs
+from artrainer.validation import require_int
 
 
 @functools.partial(jax.jit, static_argnames=("target_def", "draft_def", "max_length", "k", "config"))
@@ -94,12 +95,13 @@ def speculative_sampling(target, draft, n_samples: int, max_length: int, *, k: i
             raise TypeError(f"{name} must have init_cache() and forward_with_cache(); got {type(model).__name__}")
     if target.vocab_size != draft.vocab_size:
         raise ValueError(f"target and draft vocabularies differ: {target.vocab_size} vs {draft.vocab_size}")
-    n_samples = check_count("n_samples", n_samples)
+    n_samples = require_int("n_samples", n_samples, minimum=1)
     limit = min(target.sequence_length, draft.sequence_length)
-    max_length = check_count("max_length", max_length, minimum=2, maximum=limit)
+    max_length = require_int("max_length", max_length, minimum=2, maximum=limit,
+                             why="the shorter sequence_length of target and draft")
     # Drafting more tokens than a whole sequence holds would only grow the caches
     # (max_length + k + 1 slots) and the draft scan.
-    k = check_count("k", k, maximum=max_length)
+    k = require_int("k", k, minimum=1, maximum=max_length)
     config = SamplingConfig.create(temperature=temperature, top_k=top_k, top_p=top_p,
                                    vocab_size=target.vocab_size)
     start = [getattr(target, "bos_token_id", None) or 0] if prompt is None else prompt
