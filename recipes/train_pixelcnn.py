@@ -32,7 +32,7 @@ from artrainer.cli import (TrainingRun, add_trainer_arguments, check_enough_exam
 from artrainer.data.images import (from_hf_dataset, load_image_folder, load_mnist, load_npz,
                                    split_train_val)
 from artrainer.loggers import image_grid
-from artrainer.models import PixelCNN
+from artrainer.models import PixelCNN, PixelCNNConfig
 from artrainer.run_directory import next_free_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,10 +93,8 @@ def load_images(args) -> dict:
 
 
 def build_model(config: dict, seed: int) -> PixelCNN:
-    return PixelCNN(tuple(config["image_shape"]), num_layers=config["num_layers"],
-                    hidden_channels=config["hidden_channels"], num_residual_blocks=config["num_residual_blocks"],
-                    kernel_size=config["kernel_size"], gated=config["gated"], output=config["output"],
-                    num_mixtures=config["num_mixtures"], num_classes=config["num_classes"], rngs=nnx.Rngs(seed))
+    """The model of a run's ``model_config.json``: PixelCNNConfig fields (those left out keep their defaults)."""
+    return PixelCNN(config=PixelCNNConfig(**config), rngs=nnx.Rngs(seed))
 
 
 def train(args, argv) -> int:

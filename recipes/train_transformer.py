@@ -31,7 +31,7 @@ from artrainer.cli import (TrainingRun, add_trainer_arguments, check_enough_exam
 from artrainer.data.text import (BPETokenizer, ByteTokenizer, CharTokenizer, load_text_dataset,
                                  UndecodableTextError, read_text_files, stdlib_corpus,
                                  token_windows)
-from artrainer.models import TransformerAR
+from artrainer.models import TransformerAR, TransformerConfig
 
 TOKENIZERS = {"byte": ByteTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
 
@@ -127,10 +127,10 @@ def tokenizer_json(tokenizer) -> str:
 
 
 def build_model(config: dict, seed: int) -> TransformerAR:
-    return TransformerAR(config["vocab_size"], config["sequence_length"], config["hidden_dim"],
-                         config["num_layers"], config["num_heads"], dropout_rate=config["dropout_rate"],
-                         position_encoding=config["position_encoding"], pad_token_id=config["pad_token_id"],
-                         bos_token_id=config["bos_token_id"], rngs=nnx.Rngs(seed))
+    """The model of a run's ``model_config.json``: the recipe's ``tokenizer`` name, and the rest
+    TransformerConfig fields (those left out, e.g. by older runs, keep their defaults)."""
+    model_config = {key: value for key, value in config.items() if key != "tokenizer"}
+    return TransformerAR(config=TransformerConfig(**model_config), rngs=nnx.Rngs(seed))
 
 
 def sampling_kwargs(args, tokenizer) -> dict:

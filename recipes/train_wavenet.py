@@ -30,7 +30,7 @@ from artrainer.cli import (TrainingRun, add_trainer_arguments, check_enough_exam
                            start_processes, train_and_val_loaders)
 from artrainer.data.audio import load_fsdd, load_wav_folder, mu_law_encode, read_wav, split_by_speaker, write_wav
 from artrainer.data.images import split_train_val
-from artrainer.models import WaveNet
+from artrainer.models import WaveNet, WaveNetConfig
 from artrainer.run_directory import next_free_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,10 +97,9 @@ def load_audio(args) -> tuple[dict, dict]:
 
 
 def build_model(config: dict, seed: int) -> WaveNet:
-    return WaveNet(num_layers=config["num_layers"], num_stacks=config["num_stacks"],
-                   residual_channels=config["residual_channels"], dilation_channels=config["dilation_channels"],
-                   skip_channels=config["skip_channels"], num_classes=config["num_classes"],
-                   sample_rate=config["sample_rate"], rngs=nnx.Rngs(seed))
+    """The model of a run's ``model_config.json``: WaveNetConfig fields (those left out, e.g.
+    ``quantization_channels``, keep their defaults)."""
+    return WaveNet(config=WaveNetConfig(**config), rngs=nnx.Rngs(seed))
 
 
 def train(args, argv) -> int:

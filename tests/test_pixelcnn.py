@@ -301,7 +301,7 @@ def test_guide_quick_start_and_inpainting_snippets_run():
 def test_hparams_and_log_samples():
     model = tiny(gated=True, output="logistic_mixture", num_mixtures=2, num_classes=4)
     assert model.input_key == "images"
-    assert model.hparams == {"image_shape": [4, 4, 3], "num_layers": 2, "hidden_channels": 12,
+    assert model.hparams == {"image_shape": (4, 4, 3), "num_layers": 2, "hidden_channels": 12,
                              "num_residual_blocks": 1, "num_classes": 4, "kernel_size": 3, "gated": True,
                              "output": "logistic_mixture", "num_mixtures": 2}
 
@@ -323,15 +323,16 @@ def test_hparams_and_log_samples():
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"image_shape": (6, 6)}, ValueError, "image_shape"),
     ({"image_shape": (6, 0, 1)}, ValueError, "image_shape"),
-    ({"num_layers": 0}, ValueError, "num_layers=0"),
+    ({"num_layers": 0}, ValueError, "num_layers must be an int >= 1; got 0 \\(int\\)"),
     ({"hidden_channels": 16.0}, TypeError, "hidden_channels"),
-    ({"image_shape": (6, 6, 3), "hidden_channels": 5}, ValueError, "hidden_channels=5.*2 \\* channels = 6"),
+    ({"image_shape": (6, 6, 3), "hidden_channels": 5}, ValueError,
+     "hidden_channels must be an int >= 6 \\(2 \\* channels = 6: .*; got 5"),
     ({"num_residual_blocks": -1}, ValueError, "num_residual_blocks"),
-    ({"kernel_size": 4}, ValueError, "kernel_size=4.*odd"),
-    ({"kernel_size": 1}, ValueError, "kernel_size=1"),
-    ({"num_classes": 0}, ValueError, "num_classes=0"),
+    ({"kernel_size": 4}, ValueError, "kernel_size must be an odd int >= 3.*; got 4"),
+    ({"kernel_size": 1}, ValueError, "kernel_size must be .*; got 1"),
+    ({"num_classes": 0}, ValueError, "num_classes must be an int >= 1 or None; got 0"),
     ({"gated": "yes"}, TypeError, "gated"),
-    ({"output": "softmax"}, ValueError, "output='softmax'.*logistic_mixture"),
+    ({"output": "softmax"}, ValueError, "output must be one of .*'logistic_mixture'; got 'softmax'"),
     ({"num_mixtures": 0}, ValueError, "num_mixtures"),
     ({"rngs": 0}, TypeError, "rngs"),
 ])

@@ -270,11 +270,12 @@ def test_dropout_only_in_training_and_driven_by_call_rngs():
     ({"feedforward_dim": 0}, ValueError, "feedforward_dim"),
     ({"dropout_rate": 1.0}, ValueError, "dropout_rate"),
     ({"dropout_rate": "0.1"}, TypeError, "dropout_rate"),
-    ({"position_encoding": "sinusoidal"}, ValueError, "position_encoding='sinusoidal'"),
-    ({"position_encoding": "rotary", "num_heads": 16}, ValueError, "even head size"),
+    ({"position_encoding": "sinusoidal"}, ValueError,
+     "position_encoding must be one of 'learned', 'rotary'; got 'sinusoidal'"),
+    ({"position_encoding": "rotary", "num_heads": 16}, ValueError, "head size .* must be an even int"),
     ({"tie_embeddings": 1}, TypeError, "tie_embeddings"),
-    ({"pad_token_id": VOCAB}, ValueError, "pad_token_id=16"),
-    ({"bos_token_id": -1}, ValueError, "bos_token_id=-1"),
+    ({"pad_token_id": VOCAB}, ValueError, r"pad_token_id must be a token id in \[0, 16\) or None; got 16 \(int\)"),
+    ({"bos_token_id": -1}, ValueError, "bos_token_id must be .*; got -1"),
     ({"bos_token_id": 1.0}, TypeError, "bos_token_id"),
 ])
 def test_bad_arguments_name_the_argument(overrides, error, name):

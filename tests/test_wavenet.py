@@ -203,8 +203,8 @@ def test_guide_snippet_runs_as_written():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: tiny(num_layers=5, num_stacks=2), ValueError, "multiple of num_stacks"),
-    (lambda: tiny(kernel_size=1), ValueError, "kernel_size=1"),
-    (lambda: tiny(residual_channels=0), ValueError, "residual_channels=0"),
+    (lambda: tiny(kernel_size=1), ValueError, "kernel_size must be an int >= 2; got 1"),
+    (lambda: tiny(residual_channels=0), ValueError, "residual_channels must be an int >= 1; got 0"),
     (lambda: tiny(num_classes=2.0), TypeError, "num_classes"),
     (lambda: tiny()(jnp.zeros((2, 8))), ValueError, "integer mu-law codes"),
     (lambda: tiny()(jnp.zeros((8,), jnp.int32)), ValueError, r"shape \[batch, time\]"),

@@ -1,7 +1,10 @@
-"""Model zoo: ARModule subclasses the Trainer runs as-is."""
+"""Model zoo: ARModule subclasses the Trainer runs as-is, each with its frozen config dataclass."""
 
-from artrainer.models.pixelcnn import PixelCNN
-from artrainer.models.transformer import PrefixParam, PrefixTunedTransformer, TransformerAR
-from artrainer.models.wavenet import WaveNet
+from artrainer.models.config import ModelConfig
+from artrainer.models.pixelcnn import PixelCNN, PixelCNNConfig
+from artrainer.models.transformer import (PrefixParam, PrefixTunedTransformer, PrefixTuningConfig, TransformerAR,
+                                          TransformerConfig)
+from artrainer.models.wavenet import WaveNet, WaveNetConfig
 
-__all__ = ["PixelCNN", "PrefixParam", "PrefixTunedTransformer", "TransformerAR", "WaveNet"]
+__all__ = ["ModelConfig", "PixelCNN", "PixelCNNConfig", "PrefixParam", "PrefixTunedTransformer", "PrefixTuningConfig",
+           "TransformerAR", "TransformerConfig", "WaveNet", "WaveNetConfig"]

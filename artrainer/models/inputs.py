@@ -9,7 +9,6 @@ that casts int64 to int32, which would wrap an id of 2**32 + 3 into a valid-look
 
 from __future__ import annotations
 
-import numbers
 from typing import Mapping
 
 import jax
@@ -53,11 +52,3 @@ def check_mask_shape(batch: Mapping[str, jax.Array], input_key: str) -> None:
                          f"{jnp.shape(batch[input_key])} (one weight per element); "
                          f"got shape {jnp.shape(batch['mask'])}")
 
-
-def check_int_argument(name: str, value, minimum: int, why: str | None = None) -> None:
-    """A constructor argument that must be an int >= ``minimum`` (``why`` explains the bound)."""
-    allowed = f"an int >= {why or minimum}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {allowed}; got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is invalid; it must be {allowed}")

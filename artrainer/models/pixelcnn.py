@@ -20,8 +20,8 @@ log-probabilities of the 256 values so the loss and the samplers are unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import numbers
 from typing import Any, Mapping
 
 import jax
@@ -33,11 +33,12 @@ from jax import lax
 from artrainer.data.images import check_images
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_argument, check_int_values, host_or_jax_array
+from artrainer.models.config import ConfiguredModel, ModelConfig
+from artrainer.models.inputs import check_int_values, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
-from artrainer.validation import require_int
+from artrainer.validation import require_bool, require_choice, require_int
 
 NUM_VALUES = 256
 OUTPUTS = ("categorical", "logistic_mixture")
@@ -184,7 +185,47 @@ def discretized_logistic_mixture_log_probs(params: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(log_mass + log_weights, axis=-2)
 
 
-class PixelCNN(ARModule):
+@dataclasses.dataclass(frozen=True)
+class PixelCNNConfig(ModelConfig):
+    """A :class:`PixelCNN`'s architecture, checked on construction (``image_shape`` is
+    stored as a tuple of ints, also when it comes as a JSON list)."""
+
+    image_shape: tuple[int, int, int]
+    num_layers: int = 7
+    hidden_channels: int = 128
+    num_residual_blocks: int = 5
+    num_classes: int | None = None
+    kernel_size: int = 7
+    gated: bool = False
+    output: str = "categorical"
+    num_mixtures: int = 5
+
+    def __post_init__(self):
+        shape = self.image_shape
+        allowed = "(height, width, channels), three ints >= 1"
+        if not isinstance(shape, (tuple, list)):
+            raise TypeError(f"image_shape must be {allowed}; got {shape!r:.60} ({type(shape).__name__})")
+        if len(shape) != 3:
+            raise ValueError(f"image_shape must be {allowed}; got {shape!r:.60} ({len(shape)} values)")
+        shape = tuple(require_int(f"image_shape[{i}]", d, minimum=1) for i, d in enumerate(shape))
+        channels = shape[2]
+        self._store(
+            image_shape=shape,
+            num_layers=require_int("num_layers", self.num_layers, minimum=1),
+            num_residual_blocks=require_int("num_residual_blocks", self.num_residual_blocks, minimum=0),
+            hidden_channels=require_int(
+                "hidden_channels", self.hidden_channels, minimum=2 * channels,
+                why=f"2 * channels = {2 * channels}: each image channel needs hidden channels of its own, "
+                    "also in the halved bottleneck"),
+            kernel_size=require_int("kernel_size", self.kernel_size, minimum=3, ok=lambda k: k % 2 == 1,
+                                    allowed="an odd int >= 3", why="so the kernel has a centre tap"),
+            num_classes=require_int("num_classes", self.num_classes, minimum=1, optional=True),
+            gated=require_bool("gated", self.gated),
+            output=require_choice("output", self.output, OUTPUTS),
+            num_mixtures=require_int("num_mixtures", self.num_mixtures, minimum=1))
+
+
+class PixelCNN(ConfiguredModel, ARModule):
     """Masked-convolution autoregressive model of int images ``[B, H, W, C]`` in [0, 255].
 
     ``model(images)`` returns ``{'logits': [B, H, W, C, 256]}``: the logits at a
@@ -197,79 +238,50 @@ class PixelCNN(ARModule):
     layer and block is a :class:`GatedLayer` (``kernel_size``, resp. 3 for the blocks).
     ``num_classes`` adds ``class_embedding(labels)`` to the input of every layer after
     the first and of the head; a subclass that sets ``class_embedding`` itself (the
-    user guide's ``ConditionalPixelCNN``) is conditioned the same way.
+    user guide's ``ConditionalPixelCNN``) is conditioned the same way. The arguments
+    (apart from ``rngs``) may instead come as ``config=PixelCNNConfig(...)``; see
+    :mod:`artrainer.models.config`.
     """
 
     input_key = "images"
+    config_class = PixelCNNConfig
 
-    def __init__(self, image_shape: tuple[int, int, int], num_layers: int = 7, hidden_channels: int = 128,
-                 num_residual_blocks: int = 5, *, rngs: nnx.Rngs, num_classes: int | None = None,
-                 kernel_size: int = 7, gated: bool = False, output: str = "categorical", num_mixtures: int = 5):
-        if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
-                or not all(_is_int(d) and d >= 1 for d in image_shape)):
-            raise ValueError(f"image_shape must be (height, width, channels), three ints >= 1; "
-                             f"got {image_shape!r}")
-        image_shape = tuple(int(d) for d in image_shape)
-        channels = image_shape[2]
-        check_int_argument("num_layers", num_layers, 1)
-        check_int_argument("num_residual_blocks", num_residual_blocks, 0)
-        check_int_argument("hidden_channels", hidden_channels, 2 * channels,
-                   why=f"2 * channels = {2 * channels}: each image channel needs hidden channels of its own, "
-                       "also in the halved bottleneck")
-        check_int_argument("kernel_size", kernel_size, 3)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size} must be odd, so the kernel has a centre tap")
-        if num_classes is not None:
-            check_int_argument("num_classes", num_classes, 1, why="1, or None for an unconditional model")
-        if not isinstance(gated, bool):
-            raise TypeError(f"gated must be a bool; got {gated!r} ({type(gated).__name__})")
-        if output not in OUTPUTS:
-            raise ValueError(f"output={output!r} is not supported; use one of {OUTPUTS}")
-        check_int_argument("num_mixtures", num_mixtures, 1)
+    def __init__(self, image_shape: tuple[int, int, int] | None = None, num_layers: int = 7,
+                 hidden_channels: int = 128, num_residual_blocks: int = 5, *, rngs: nnx.Rngs,
+                 num_classes: int | None = None, kernel_size: int = 7, gated: bool = False,
+                 output: str = "categorical", num_mixtures: int = 5, config: PixelCNNConfig | None = None):
+        self._configure(config, PixelCNN.__init__, locals())
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs; got {type(rngs).__name__}")
+        config = self.config
+        channels, kernel_size = config.image_shape[2], config.kernel_size
 
-        self.image_shape = image_shape
-        self.num_layers, self.hidden_channels = num_layers, hidden_channels
-        self.num_residual_blocks, self.num_classes = num_residual_blocks, num_classes
-        self.kernel_size, self.gated, self.output, self.num_mixtures = kernel_size, gated, output, num_mixtures
-
-        features, half = hidden_channels, kernel_size // 2
+        features, half = config.hidden_channels, kernel_size // 2
         groups = channel_groups(features, channels)
-        if gated:
+        if config.gated:
             self.vertical_stem = nnx.Conv(channels, features, (half + 1, kernel_size),
                                           padding=((half, 0), (half, half)), rngs=rngs)
             self.stem = MaskedConv(channels, features, (1, half + 1), left=half, strict=True,
                                    in_groups=tuple(range(channels)), out_groups=groups, rngs=rngs)
             self.layers = nnx.List([GatedLayer(features, channels, kernel_size, rngs=rngs)
-                                    for _ in range(num_layers - 1)])
+                                    for _ in range(config.num_layers - 1)])
             self.blocks = nnx.List([GatedLayer(features, channels, 3, rngs=rngs)
-                                    for _ in range(num_residual_blocks)])
+                                    for _ in range(config.num_residual_blocks)])
         else:
             self.stem = MaskedConv(channels, features, (half + 1, kernel_size), left=half, strict=True,
                                    in_groups=tuple(range(channels)), out_groups=groups, rngs=rngs)
             self.layers = nnx.List([MaskedConv(features, features, (half + 1, kernel_size), left=half,
                                                in_groups=groups, out_groups=groups, rngs=rngs)
-                                    for _ in range(num_layers - 1)])
+                                    for _ in range(config.num_layers - 1)])
             self.blocks = nnx.List([ResidualBlock(features, channels, rngs=rngs)
-                                    for _ in range(num_residual_blocks)])
-        per_channel = NUM_VALUES if output == "categorical" else 3 * num_mixtures
+                                    for _ in range(config.num_residual_blocks)])
+        per_channel = NUM_VALUES if config.output == "categorical" else 3 * config.num_mixtures
         self.head_hidden = MaskedConv(features, features, in_groups=groups, out_groups=groups, rngs=rngs)
         self.head_out = MaskedConv(features, channels * per_channel, in_groups=groups,
                                    out_groups=channel_groups(channels * per_channel, channels), rngs=rngs)
         # nnx.data: a subclass may assign an embedding here later (the guide's ConditionalPixelCNN).
+        num_classes = config.num_classes
         self.class_embedding = nnx.data(nnx.Embed(num_classes, features, rngs=rngs) if num_classes else None)
-
-    @property
-    def hparams(self) -> dict:
-        """The constructor config (JSON-able), for loggers. A property, not an attribute:
-        a dict attribute would make the module's GraphDef unhashable (no static jit arg)."""
-        return {
-            "image_shape": list(self.image_shape), "num_layers": self.num_layers,
-            "hidden_channels": self.hidden_channels, "num_residual_blocks": self.num_residual_blocks,
-            "num_classes": self.num_classes, "kernel_size": self.kernel_size, "gated": self.gated,
-            "output": self.output, "num_mixtures": self.num_mixtures,
-        }
 
     @property
     def conditional(self) -> bool:
@@ -465,7 +477,3 @@ def sample_pixels(graphdef, state, canvas: jax.Array, known: jax.Array, labels: 
         return canvas.at[:, row, col, channel].set(lax.cond(jnp.all(keep), lambda: current, draw))
 
     return lax.fori_loop(0, height * width * channels, step, canvas)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))

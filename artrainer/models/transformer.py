@@ -8,10 +8,9 @@ so the model trains under the Trainer's bf16 compute as well as in fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +19,13 @@ from flax.nnx.nn import dtypes
 
 from artrainer.loggers import code_block
 from artrainer.metrics import WEIGHT, categorical_metrics, element_weights
+from artrainer.models.config import ConfiguredModel, ModelConfig, resolve_config
 from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.beam_search import beam_search
 from artrainer.sampling.decode import as_key, check_prompt, decode
 from artrainer.sampling.processors import SamplingConfig
-from artrainer.validation import require_bool, require_int, require_real
+from artrainer.validation import require_bool, require_choice, require_int, require_real
 
 POSITION_ENCODINGS = ("learned", "rotary")
 ROPE_BASE = 10_000.0
@@ -139,80 +139,89 @@ def _rematerialised_block(block: Block, h, positions, rngs, training: bool, pref
     return block(h, positions, rngs=rngs, training=training, prefix=prefix)[0]
 
 
-class TransformerAR(ARModule):
+def token_id(name: str, value, vocab_size: int) -> int | None:
+    """``value`` if it is None or a token id in ``[0, vocab_size)``."""
+    return require_int(name, value, minimum=0, maximum=vocab_size - 1, optional=True,
+                       allowed=f"a token id in [0, {vocab_size})")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+    """A :class:`TransformerAR`'s architecture and training settings, checked on construction.
+
+    ``feedforward_dim=None`` becomes ``4 * hidden_dim`` here, so the config always holds it.
+    """
+
+    vocab_size: int
+    sequence_length: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    feedforward_dim: int | None = None
+    dropout_rate: float = 0.0
+    position_encoding: str = "learned"
+    tie_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    remat: bool = False
+
+    def __post_init__(self):
+        sizes = {name: require_int(name, getattr(self, name), minimum=1)
+                 for name in ("vocab_size", "sequence_length", "hidden_dim", "num_layers", "num_heads")}
+        hidden_dim, num_heads = sizes["hidden_dim"], sizes["num_heads"]
+        feedforward_dim = 4 * hidden_dim if self.feedforward_dim is None else self.feedforward_dim
+        self._store(**sizes, feedforward_dim=require_int("feedforward_dim", feedforward_dim, minimum=1))
+        require_int("hidden_dim", hidden_dim, ok=lambda dim: dim % num_heads == 0,
+                    allowed=f"an int divisible by num_heads={num_heads}")
+        self._store(dropout_rate=require_real("dropout_rate", self.dropout_rate, minimum=0, maximum=1,
+                                              max_open=True),
+                    position_encoding=require_choice("position_encoding", self.position_encoding,
+                                                     POSITION_ENCODINGS))
+        if self.position_encoding == "rotary":
+            require_int("the head size hidden_dim // num_heads", hidden_dim // num_heads, ok=lambda d: d % 2 == 0,
+                        allowed="an even int for position_encoding='rotary' (it rotates channel pairs)")
+        self._store(tie_embeddings=require_bool("tie_embeddings", self.tie_embeddings),
+                    remat=require_bool("remat", self.remat),
+                    pad_token_id=token_id("pad_token_id", self.pad_token_id, self.vocab_size),
+                    bos_token_id=token_id("bos_token_id", self.bos_token_id, self.vocab_size))
+
+
+class TransformerAR(ConfiguredModel, ARModule):
     """GPT-style autoregressive Transformer over token sequences.
 
     ``model(x)`` maps int tokens ``[B, T]`` (``T <= sequence_length``) to
     ``{'logits': [B, T, vocab_size]}``; ``logits[:, t]`` is the distribution of token
     ``t + 1`` given tokens ``0..t``. ``pad_token_id`` targets never count in the loss;
-    ``bos_token_id`` is kept (and logged) for generation.
+    ``bos_token_id`` is kept (and logged) for generation. The arguments (apart from
+    ``rngs``) may instead come as ``config=TransformerConfig(...)``; see
+    :mod:`artrainer.models.config`.
     """
 
     input_key = "sequences"
+    config_class = TransformerConfig
 
-    def __init__(self, vocab_size: int, sequence_length: int, hidden_dim: int, num_layers: int,
-                 num_heads: int, feedforward_dim: int | None = None, dropout_rate: float = 0.0, *,
+    def __init__(self, vocab_size: int | None = None, sequence_length: int | None = None,
+                 hidden_dim: int | None = None, num_layers: int | None = None, num_heads: int | None = None,
+                 feedforward_dim: int | None = None, dropout_rate: float = 0.0, *,
                  rngs: nnx.Rngs, position_encoding: str = "learned", tie_embeddings: bool = False,
-                 pad_token_id: int | None = None, bos_token_id: int | None = None, remat: bool = False):
-        for name, value in (("vocab_size", vocab_size), ("sequence_length", sequence_length),
-                            ("hidden_dim", hidden_dim), ("num_layers", num_layers),
-                            ("num_heads", num_heads)):
-            _check_positive_int(name, value)
-        if feedforward_dim is None:
-            feedforward_dim = 4 * hidden_dim
-        _check_positive_int("feedforward_dim", feedforward_dim)
-        if hidden_dim % num_heads:
-            raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}")
-        if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real):
-            raise TypeError(f"dropout_rate must be a float in [0, 1); got {dropout_rate!r}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate={dropout_rate!r} must lie in [0, 1)")
-        if position_encoding not in POSITION_ENCODINGS:
-            raise ValueError(f"position_encoding={position_encoding!r} is not supported; "
-                             f"use one of {POSITION_ENCODINGS}")
-        if position_encoding == "rotary" and (hidden_dim // num_heads) % 2:
-            raise ValueError(f"position_encoding='rotary' needs an even head size, but "
-                             f"hidden_dim={hidden_dim} / num_heads={num_heads} = {hidden_dim // num_heads}")
-        for name, flag in (("tie_embeddings", tie_embeddings), ("remat", remat)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool; got {flag!r}")
-        for name, value in (("pad_token_id", pad_token_id), ("bos_token_id", bos_token_id)):
-            if value is not None:
-                _check_int(name, value)
-                if not 0 <= value < vocab_size:
-                    raise ValueError(f"{name}={value} must be None or a token id in [0, {vocab_size})")
+                 pad_token_id: int | None = None, bos_token_id: int | None = None, remat: bool = False,
+                 config: TransformerConfig | None = None):
+        self._configure(config, TransformerAR.__init__, locals())
+        config = self.config
+        hidden_dim, rotary = config.hidden_dim, config.position_encoding == "rotary"
 
-        self.vocab_size, self.sequence_length = vocab_size, sequence_length
-        self.hidden_dim, self.num_layers, self.num_heads = hidden_dim, num_layers, num_heads
-        self.feedforward_dim, self.dropout_rate = feedforward_dim, float(dropout_rate)
-        self.position_encoding, self.tie_embeddings = position_encoding, tie_embeddings
-        self.pad_token_id, self.bos_token_id = pad_token_id, bos_token_id
-        self.remat = remat
-
-        self.embedding = nnx.Embed(vocab_size, hidden_dim, embedding_init=_embedding_init,
+        self.embedding = nnx.Embed(config.vocab_size, hidden_dim, embedding_init=_embedding_init,
                                    promote_dtype=_promote_like_arrays, rngs=rngs)
-        if position_encoding == "learned":
-            self.position_embedding = nnx.Embed(sequence_length, hidden_dim, embedding_init=_embedding_init,
+        if not rotary:
+            self.position_embedding = nnx.Embed(config.sequence_length, hidden_dim, embedding_init=_embedding_init,
                                                 promote_dtype=_promote_like_arrays, rngs=rngs)
         self.blocks = nnx.List([
-            Block(hidden_dim, num_heads, feedforward_dim, dropout_rate,
-                  rotary=position_encoding == "rotary", rngs=rngs)
-            for _ in range(num_layers)])
+            Block(hidden_dim, config.num_heads, config.feedforward_dim, config.dropout_rate, rotary=rotary,
+                  rngs=rngs)
+            for _ in range(config.num_layers)])
         self.final_norm = nnx.LayerNorm(hidden_dim, rngs=rngs)
-        if not tie_embeddings:
-            self.head = nnx.Linear(hidden_dim, vocab_size, use_bias=False, rngs=rngs)
-
-    @property
-    def hparams(self) -> dict:
-        """The constructor config (JSON-able), for loggers. A property, not an attribute:
-        a dict attribute would make the module's GraphDef unhashable (no static jit arg)."""
-        return {
-            "vocab_size": self.vocab_size, "sequence_length": self.sequence_length,
-            "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "num_heads": self.num_heads,
-            "feedforward_dim": self.feedforward_dim, "dropout_rate": self.dropout_rate,
-            "position_encoding": self.position_encoding, "tie_embeddings": self.tie_embeddings,
-            "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id, "remat": self.remat,
-        }
+        if not config.tie_embeddings:
+            self.head = nnx.Linear(hidden_dim, config.vocab_size, use_bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None,
                  training: bool = False) -> dict[str, jax.Array]:
@@ -348,11 +357,7 @@ class TransformerAR(ARModule):
         logger.log_text("samples", "\n\n".join(code_block(text) for text in texts), step)
 
     def _check_token_id(self, name: str, value: int | None) -> int | None:
-        if value is not None:
-            _check_int(name, value)
-            if not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name}={value} must be a token id in [0, {self.vocab_size})")
-        return value
+        return token_id(name, value, self.vocab_size)
 
     def _pad_for(self, eos_token_id: int | None) -> int:
         """What fills positions after EOS: the pad id, else the EOS id itself."""
@@ -393,19 +398,19 @@ class TransformerAR(ARModule):
         return jnp.asarray(x)
 
 
-def _check_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__})")
-
-
-def _check_positive_int(name: str, value) -> None:
-    _check_int(name, value)
-    if value < 1:
-        raise ValueError(f"{name}={value} is invalid; it must be an int >= 1")
-
-
 class PrefixParam(nnx.Param):
     """A prefix-tuning weight: the only kind the optimizer updates in a PrefixTunedTransformer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuningConfig(TransformerConfig):
+    """A :class:`PrefixTunedTransformer`'s config: the base Transformer's, plus ``prefix_length``."""
+
+    prefix_length: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._store(prefix_length=require_int("prefix_length", self.prefix_length, minimum=1))
 
 
 class PrefixTunedTransformer(TransformerAR):
@@ -418,12 +423,16 @@ class PrefixTunedTransformer(TransformerAR):
     """
 
     trainable = PrefixParam
+    config_class = PrefixTuningConfig
 
-    def __init__(self, *args, prefix_length: int = 10, **kwargs):
-        super().__init__(*args, **kwargs)
-        _check_positive_int("prefix_length", prefix_length)
-        self.prefix_length = prefix_length
-        shape = (self.num_layers, prefix_length, self.num_heads, self.hidden_dim // self.num_heads)
+    def __init__(self, *args, prefix_length: int = 10, config: PrefixTuningConfig | None = None, **kwargs):
+        super().__init__(*args, config=config, **kwargs)
+        if config is None:
+            self.prefix_length = prefix_length  # replaces the config's default, checked
+        else:  # refuses a prefix_length next to config=
+            resolve_config(PrefixTuningConfig, config, PrefixTunedTransformer.__init__,
+                           {"prefix_length": prefix_length}, type(self).__name__)
+        shape = (self.num_layers, self.prefix_length, self.num_heads, self.hidden_dim // self.num_heads)
         init = nnx.initializers.normal(stddev=0.02)
         self.prefix_keys = PrefixParam(init(kwargs["rngs"].params(), shape))
         self.prefix_values = PrefixParam(init(kwargs["rngs"].params(), shape))
@@ -431,17 +440,13 @@ class PrefixTunedTransformer(TransformerAR):
     @classmethod
     def from_pretrained(cls, base: TransformerAR, *, prefix_length: int = 10,
                         rngs: nnx.Rngs) -> PrefixTunedTransformer:
-        """A prefix-tuned copy of ``base``: its weights, plus a fresh prefix."""
-        config = {k: v for k, v in base.hparams.items() if k not in ("vocab_size", "sequence_length",
-                                                                     "hidden_dim", "num_layers", "num_heads")}
-        model = cls(base.vocab_size, base.sequence_length, base.hidden_dim, base.num_layers, base.num_heads,
-                    prefix_length=prefix_length, rngs=rngs, **config)
+        """A prefix-tuned copy of ``base``: its config and weights, plus a fresh prefix."""
+        if not isinstance(base, TransformerAR):
+            raise TypeError(f"base must be a TransformerAR; got {type(base).__name__}")
+        config = cls.config_class(**{**base.hparams, "prefix_length": prefix_length})
+        model = cls(config=config, rngs=rngs)
         nnx.update(model, jax.tree.map(jnp.copy, nnx.state(base)))
         return model
-
-    @property
-    def hparams(self) -> dict:
-        return {**super().hparams, "prefix_length": self.prefix_length}
 
     def layer_prefix(self, layer: int):
         return self.prefix_keys[layer], self.prefix_values[layer]

@@ -21,6 +21,7 @@ for sample, and the naive path is the baseline the fast one is measured against.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -33,11 +34,12 @@ from jax import lax
 from artrainer.data.audio import mu_law_decode
 from artrainer.metrics import categorical_metrics, element_weights
 from artrainer.models.conditioning import batch_class_labels, check_class_labels, sampling_labels
-from artrainer.models.inputs import check_int_argument, check_int_values, check_mask_shape, host_or_jax_array
+from artrainer.models.config import ConfiguredModel, ModelConfig
+from artrainer.models.inputs import check_int_values, check_mask_shape, host_or_jax_array
 from artrainer.module import ARModule
 from artrainer.sampling.decode import as_key, check_prompt
 from artrainer.sampling.processors import SamplingConfig, sample_from_logits
-from artrainer.validation import require_int
+from artrainer.validation import require_bool, require_int
 
 GENERATION_METHODS = ("fast", "naive")
 #: Longest generate() output: 2**24 codes (17 minutes at 16 kHz) per sample. The scan's
@@ -108,7 +110,34 @@ def _rematerialised_layer(layer: ResidualLayer, h: jax.Array, cond) -> tuple[jax
     return layer(h, cond)
 
 
-class WaveNet(ARModule):
+@dataclasses.dataclass(frozen=True)
+class WaveNetConfig(ModelConfig):
+    """A :class:`WaveNet`'s architecture and audio settings, checked on construction."""
+
+    num_layers: int = 30
+    num_stacks: int = 3
+    residual_channels: int = 128
+    dilation_channels: int = 256
+    skip_channels: int = 512
+    quantization_channels: int = 256
+    kernel_size: int = 2
+    num_classes: int | None = None
+    sample_rate: int = 16000
+    remat: bool = False
+
+    def __post_init__(self):
+        minimums = {"num_layers": 1, "num_stacks": 1, "residual_channels": 1, "dilation_channels": 1,
+                    "skip_channels": 1, "quantization_channels": 2, "kernel_size": 2, "sample_rate": 1}
+        self._store(**{name: require_int(name, getattr(self, name), minimum=minimum)
+                       for name, minimum in minimums.items()})
+        stacks = self.num_stacks
+        require_int("num_layers", self.num_layers, ok=lambda layers: layers % stacks == 0,
+                    allowed=f"a multiple of num_stacks={stacks}", why="every stack repeats the same dilations")
+        self._store(num_classes=require_int("num_classes", self.num_classes, minimum=1, optional=True),
+                    remat=require_bool("remat", self.remat))
+
+
+class WaveNet(ConfiguredModel, ARModule):
     """Dilated causal model of mu-law audio codes ``[B, T]`` in ``[0, quantization_channels)``.
 
     ``model(waveform)`` returns ``{'logits': [B, T, quantization_channels]}`` where the
@@ -116,60 +145,33 @@ class WaveNet(ARModule):
     split into ``num_stacks`` equal stacks of dilations ``1, 2, …, 2**(per_stack - 1)``.
     ``num_classes`` (speakers, digits) embeds a global label into every layer's gate;
     batches then carry ``'labels'``. ``sample_rate`` is what the codes are sampled at,
-    for audio summaries and wav files.
+    for audio summaries and wav files. The arguments (apart from ``rngs``) may instead
+    come as ``config=WaveNetConfig(...)``; see :mod:`artrainer.models.config`.
     """
 
     input_key = "waveform"
+    config_class = WaveNetConfig
 
     def __init__(self, num_layers: int = 30, num_stacks: int = 3, residual_channels: int = 128,
                  dilation_channels: int = 256, skip_channels: int = 512, quantization_channels: int = 256,
                  kernel_size: int = 2, *, rngs: nnx.Rngs, num_classes: int | None = None,
-                 sample_rate: int = 16000, remat: bool = False):
-        for name, value, minimum in (("num_layers", num_layers, 1), ("num_stacks", num_stacks, 1),
-                                     ("residual_channels", residual_channels, 1),
-                                     ("dilation_channels", dilation_channels, 1),
-                                     ("skip_channels", skip_channels, 1),
-                                     ("quantization_channels", quantization_channels, 2),
-                                     ("kernel_size", kernel_size, 2), ("sample_rate", sample_rate, 1)):
-            check_int_argument(name, value, minimum)
-        if num_layers % num_stacks:
-            raise ValueError(f"num_layers={num_layers} must be a multiple of num_stacks={num_stacks}: "
-                             "every stack repeats the same dilations")
-        if num_classes is not None:
-            check_int_argument("num_classes", num_classes, 1)
-        if not isinstance(remat, bool):
-            raise TypeError(f"remat must be a bool; got {remat!r}")
+                 sample_rate: int = 16000, remat: bool = False, config: WaveNetConfig | None = None):
+        self._configure(config, WaveNet.__init__, locals())
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs; got {type(rngs).__name__}")
-
-        self.remat = remat
-        self.num_layers, self.num_stacks, self.kernel_size = num_layers, num_stacks, kernel_size
-        self.residual_channels, self.dilation_channels = residual_channels, dilation_channels
-        self.skip_channels, self.quantization_channels = skip_channels, quantization_channels
-        self.num_classes, self.sample_rate = num_classes, sample_rate
-        self.dilations = tuple(2 ** (i % (num_layers // num_stacks)) for i in range(num_layers))
+        config = self.config
+        per_stack = config.num_layers // config.num_stacks
+        self.dilations = tuple(2 ** (i % per_stack) for i in range(config.num_layers))
         #: The code of silence: the sample the network reads before the first one.
-        self.start_code = quantization_channels // 2
+        self.start_code = config.quantization_channels // 2
 
-        self.input_embedding = nnx.Embed(quantization_channels, residual_channels, rngs=rngs)
+        self.input_embedding = nnx.Embed(config.quantization_channels, config.residual_channels, rngs=rngs)
         self.layers = nnx.List([
-            ResidualLayer(residual_channels, dilation_channels, skip_channels, kernel_size, dilation,
-                          num_classes, rngs=rngs)
+            ResidualLayer(config.residual_channels, config.dilation_channels, config.skip_channels,
+                          config.kernel_size, dilation, config.num_classes, rngs=rngs)
             for dilation in self.dilations])
-        self.head_hidden = nnx.Linear(skip_channels, skip_channels, rngs=rngs)
-        self.head_out = nnx.Linear(skip_channels, quantization_channels, rngs=rngs)
-
-    @property
-    def hparams(self) -> dict:
-        """The constructor config (JSON-able), for loggers. A property, not an attribute:
-        a dict attribute would make the module's GraphDef unhashable (no static jit arg)."""
-        return {
-            "num_layers": self.num_layers, "num_stacks": self.num_stacks,
-            "residual_channels": self.residual_channels, "dilation_channels": self.dilation_channels,
-            "skip_channels": self.skip_channels, "quantization_channels": self.quantization_channels,
-            "kernel_size": self.kernel_size, "num_classes": self.num_classes, "sample_rate": self.sample_rate,
-            "remat": self.remat,
-        }
+        self.head_hidden = nnx.Linear(config.skip_channels, config.skip_channels, rngs=rngs)
+        self.head_out = nnx.Linear(config.skip_channels, config.quantization_channels, rngs=rngs)
 
     @property
     def receptive_field(self) -> int:
