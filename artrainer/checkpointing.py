@@ -31,6 +31,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax import lax
 
+from artrainer.step import init_health
+
 _policies = ocp.checkpoint_managers
 FINGERPRINTS = "fingerprints"
 
@@ -371,7 +373,6 @@ def _resume_from(trainer, loop, state, meta, path: str) -> tuple[int, bool]:
     trainer.current_epoch = int(meta["next_epoch"])
     loop.restored_sums = meta.get("train_sums")
     # Checkpoints written before the skip counters existed lack them.
-    from artrainer.step import init_health
     health = {**jax.device_get(init_health()), "steps": trainer.global_step, **meta["health"]}
     loop.health = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), health)
     trainer.call_hook("on_load_checkpoint", meta)

@@ -42,6 +42,7 @@ class EMA(Callback):
         self.warmup = require_bool("warmup", warmup)
         self.ema: nnx.State | None = None
         self.updates = 0
+        self._restored_from: str | None = None  # an old checkpoint's side .npz of the average
         self._update = jax.jit(_ema_step, donate_argnums=0)
 
     def state_dict(self):
@@ -81,7 +82,7 @@ class EMA(Callback):
 
     def on_fit_start(self, trainer, module):
         if self.ema is None and trainer.resumed_step is not None:
-            path = getattr(self, "_restored_from", None)
+            path = self._restored_from
             if path is not None:  # a checkpoint of an earlier version: the average beside it
                 self.ema = _load_like(path, _params(trainer))
             else:
